@@ -1,0 +1,122 @@
+"""Orbax checkpoints of the train state: restore-or-init, periodic and preemption saves.
+
+Checkpoints hold the whole ``TrainState`` as host NumPy arrays (step, float32 params, BatchNorm
+statistics, optimizer and loss-scale state, PRNG key). The data pipeline is a pure function of
+(config, step), so nothing else is needed to resume bit for bit. Orbax writes each checkpoint
+into a temporary directory and renames it when complete, so a run killed mid-save (even by
+SIGKILL) leaves the previous checkpoint as the latest one.
+
+A checkpoint that cannot be restored into the state the current config builds (another model,
+optimizer or precision, or damaged files) stops the run with an error and is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import flax.serialization
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but does not fit the current run."""
+
+
+def _to_host_tree(state: Any) -> Any:
+  # Orbax stores NumPy arrays, not NumPy scalars; flatten the dataclass/NamedTuple state to
+  # plain nested dicts so the on-disk layout does not depend on Python class names.
+  tree = flax.serialization.to_state_dict(state)
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _describe(tree: Any) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): (np.shape(x), np.asarray(x).dtype) for path, x in flat}
+
+
+def _mismatches(expected: dict, found: dict, limit: int = 5) -> list:
+  problems = []
+  for key in sorted(set(expected) | set(found)):
+    if key not in found:
+      problems.append(f"missing {key}")
+    elif key not in expected:
+      problems.append(f"unexpected {key}")
+    elif expected[key] != found[key]:
+      problems.append(f"{key}: checkpoint has shape/dtype {found[key]}, the config needs "
+                      f"{expected[key]}")
+  if len(problems) > limit:
+    problems = problems[:limit] + [f"... and {len(problems) - limit} more"]
+  return problems
+
+
+class Checkpointer:
+  """Saves and restores ``TrainState`` under ``directory`` with Orbax.
+
+  Args:
+    directory: where step-numbered checkpoint folders live (``workdir/checkpoints``).
+    save_every_steps: periodic save interval.
+    max_to_keep: how many recent checkpoints to keep.
+  """
+
+  def __init__(self, directory: str, save_every_steps: int, max_to_keep: int):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, save_interval_steps=save_every_steps, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def restore(self, template: Any) -> Optional[Any]:
+    """The latest checkpoint as a state shaped like ``template``, or None if there is none.
+
+    Args:
+      template: a freshly initialized host state (its structure, shapes and dtypes are what
+        the checkpoint must match).
+
+    Returns:
+      The restored state (host NumPy leaves) or None.
+
+    Raises:
+      CheckpointError: the checkpoint is damaged or was written by an incompatible config.
+    """
+    step = self.latest_step()
+    if step is None:
+      return None
+    where = os.path.join(self.directory, str(step))
+    hint = (" The checkpoint is left untouched. Start the run in a new --workdir, or run "
+            "with the config that wrote it (see config.json in the workdir).")
+    expected = _to_host_tree(template)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore())
+    except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
+      raise CheckpointError(
+          f"Checkpoint {where} could not be read ({type(e).__name__}: {str(e)[:200]})."
+          + hint) from e
+    problems = _mismatches(_describe(expected), _describe(restored))
+    if problems:
+      raise CheckpointError(
+          f"Checkpoint {where} does not match the state this config builds: "
+          + "; ".join(problems) + "." + hint)
+    return flax.serialization.from_state_dict(template, restored)
+
+  def should_save(self, step: int) -> bool:
+    return self._manager.should_save(step)
+
+  def save(self, step: int, host_state: Any, force: bool = False) -> None:
+    """Starts an (asynchronous) save of ``host_state`` as checkpoint ``step``."""
+    self._manager.save(step, args=ocp.args.StandardSave(_to_host_tree(host_state)), force=force)
+
+  def reached_preemption(self, step: int) -> bool:
+    """Multi-host preemption agreement (all hosts stop at the same step)."""
+    return self._manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,69 @@
+"""Classification losses (pure JAX).
+
+All losses take float32 logits ``[batch, num_classes]`` and return per-example values
+``[batch]``; the caller takes the (masked) mean.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+LABEL_SMOOTHING_MODES = ("paper", "optax")
+
+
+def smooth_labels(labels: jnp.ndarray, num_classes: int, epsilon: float,
+                  mode: str = "paper") -> jnp.ndarray:
+  """One-hot targets with label smoothing (Szegedy et al. 2016; Bag of Tricks §5.2).
+
+  ``mode='paper'`` is the Bag of Tricks formula: q_i = 1 − ε for the true class and
+  ε/(K − 1) for every other class. ``mode='optax'`` is the Inception/optax formula
+  q = (1 − ε)·y + ε/K (the true class gets 1 − ε + ε/K). Both rows sum to 1.
+
+  Args:
+    labels: integer class ids ``[batch]``.
+    num_classes: K.
+    epsilon: ε in [0, 1).
+    mode: ``'paper'`` (default) or ``'optax'``.
+
+  Returns:
+    float32 targets ``[batch, num_classes]``.
+  """
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if mode == "paper":
+    off = epsilon / (num_classes - 1)
+    return one_hot * (1.0 - epsilon) + (1.0 - one_hot) * off
+  if mode == "optax":
+    return one_hot * (1.0 - epsilon) + epsilon / num_classes
+  raise ValueError(f"label smoothing mode={mode!r} is unknown; use one of {LABEL_SMOOTHING_MODES}.")
+
+
+def softmax_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+  """ℓ = −Σ_i q_i log softmax(z)_i for target distributions q.
+
+  Args:
+    logits: ``[batch, num_classes]`` (computed in float32 here).
+    targets: ``[batch, num_classes]`` distributions.
+
+  Returns:
+    ``[batch]`` losses.
+  """
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(targets * log_p, axis=-1)
+
+
+def classification_loss(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float = 0.0,
+                         mode: str = "paper") -> jnp.ndarray:
+  """Cross-entropy against integer labels, with optional label smoothing.
+
+  Args:
+    logits: ``[batch, num_classes]``.
+    labels: ``[batch]`` integer class ids.
+    label_smoothing: ε (0 for plain cross-entropy).
+    mode: label smoothing formula, see ``smooth_labels``.
+
+  Returns:
+    ``[batch]`` losses.
+  """
+  targets = smooth_labels(labels, logits.shape[-1], label_smoothing, mode)
+  return softmax_cross_entropy(logits, targets)

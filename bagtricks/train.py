@@ -1,0 +1,325 @@
+"""The one training loop: ``train_and_evaluate(config, workdir)``.
+
+init (or restore) → data-parallel train steps with progress lines → periodic evaluation →
+metrics (TensorBoard events and ``metrics.jsonl``) → Orbax checkpoints (every K steps, at the
+end, and on SIGTERM) → ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+import models
+from bagtricks import checkpoint, data, optim, precision, steps, validate
+from bagtricks.parallel import AXIS_NAME, DataParallel
+from bagtricks.state import init_train_state
+from bagtricks.tasks import ClassificationTask
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after saving a checkpoint; rerun the command to resume."""
+
+
+def maybe_initialize_distributed(config) -> None:
+  """``jax.distributed.initialize`` when ``config.distributed.enabled`` (multi-host)."""
+  dist = config.distributed
+  if not dist.enabled or jax.distributed.is_initialized():
+    return
+  # Collectives between CPU processes need a transport (GPUs and TPUs bring their own).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # None lets JAX detect the cluster (Cloud TPU, SLURM, ...).
+  jax.distributed.initialize(coordinator_address=dist.coordinator_address,
+                             num_processes=dist.num_processes, process_id=dist.process_id)
+
+
+def select_devices(config) -> list:
+  return jax.local_devices()[:config.num_devices] if config.num_devices else jax.local_devices()
+
+
+def build_model(config, num_classes: int, policy: precision.Policy):
+  return models.create_model(config.model.name, num_classes=num_classes, axis_name=AXIS_NAME,
+                             dtype=policy.compute_dtype, **validate.build_model_kwargs(config))
+
+
+class _JsonlWriter(metric_writers.MetricWriter):
+  """Appends one JSON object per line to ``metrics.jsonl`` (easy to read with pandas or jq).
+
+  Only scalars are recorded; images, texts and the like go to TensorBoard alone.
+  """
+
+  def __init__(self, path: str):
+    self._path = path
+
+  def write_scalars(self, step: int, scalars) -> None:
+    with open(self._path, "a") as f:
+      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+              + "\n")
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def _metric_writer(workdir: str, is_main: bool) -> metric_writers.MetricWriter:
+  # Only process 0 writes; the progress line is logged by the loop itself.
+  if not is_main:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(metric_writers.MultiWriter([
+      metric_writers.SummaryWriter(workdir),
+      _JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+  ]))
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop polls, so a preempted run saves and exits cleanly."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: leave signals alone.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def evaluate(eval_step, dp: DataParallel, p_state, eval_data) -> Dict[str, float]:
+  """Accuracy and cross-entropy over the whole eval split (padding masked out)."""
+  totals = None
+  for batch in eval_data:
+    sums = eval_step(p_state, dp.shard_batch(batch))
+    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+  totals = dp.metrics_to_host(totals)
+  count = max(totals["count"], 1.0)
+  return {"test_accuracy": totals["correct"] / count, "test_loss": totals["loss"] / count,
+          "test_examples": int(totals["count"])}
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+  """Trains and evaluates the model ``config`` describes, writing everything to ``workdir``.
+
+  Resumes from the latest checkpoint in ``workdir/checkpoints`` if there is one.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` (see ``configs/default.py``).
+    workdir: output directory (checkpoints, metrics, summary).
+
+  Returns:
+    The summary dict also written to ``workdir/summary.json``.
+
+  Raises:
+    validate.ConfigError: invalid config (before anything is compiled).
+    data.DataError: missing or unknown dataset.
+    checkpoint.CheckpointError: the workdir holds an incompatible or damaged checkpoint.
+    Preempted: SIGTERM arrived; a checkpoint was saved.
+  """
+  maybe_initialize_distributed(config)
+  devices = select_devices(config)
+  validate.validate_config(config, len(devices))
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  builder = data.get_builder(config.dataset)
+  info = data.dataset_info(config, builder)
+  policy = precision.get_policy(config.precision)
+  model = build_model(config, info.num_classes, policy)
+  steps_per_epoch = info.steps_per_epoch
+  total_steps = int(round(config.num_epochs * steps_per_epoch))
+  schedule = optim.build_schedule(config, steps_per_epoch, config.batch_size)
+  tx = precision.wrap_optimizer(optim.build_optimizer(config, schedule), policy,
+                                config.loss_scale.to_dict())
+  task = ClassificationTask(info.num_classes, config.label_smoothing,
+                            config.label_smoothing_mode)
+
+  host_state = init_train_state(model, tx, info.image_shape, config.seed)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 config.checkpoint_every_steps, config.keep_checkpoints)
+  restored = ckpt.restore(host_state)
+  if restored is not None:
+    host_state = restored
+    logging.info("Resumed from %s at step %d.", ckpt.directory, int(host_state.step))
+  start_step = int(host_state.step)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  dp = DataParallel(config.parallel, devices)
+  p_state = dp.replicate(host_state)
+  train_step = dp.compile(steps.make_train_step(model, tx, task, policy, schedule),
+                          donate_state=True)
+  eval_step = dp.compile(steps.make_eval_step(model, task, policy))
+  eval_data = data.EvalBatches(config, builder, dp.num_local_devices)
+  train_iter = data.train_batches(config, builder, start_step, dp.num_local_devices)
+
+  writer = _metric_writer(workdir, is_main)
+  if start_step == 0:
+    writer.write_hparams(_flat_config(config))
+  logging.info("%s: %d train / %d eval examples, %d steps/epoch, %d steps, %d devices (%s), "
+               "%s, %d parameters.", info.name, info.num_train_examples,
+               info.num_eval_examples, steps_per_epoch, total_steps, dp.num_devices,
+               dp.backend, config.precision, _count(host_state.params))
+
+  eval_every = int(round(config.eval_every_epochs * steps_per_epoch))
+  pending = []  # Device metrics since the last log line; fetched together to avoid syncs.
+  loop_start = time.time()
+  first_step_seconds = None
+  window_start, window_steps = loop_start, 0
+  eval_seconds = 0.0
+  metrics_summary: Dict[str, Any] = {}
+  step = start_step
+  with _SigtermFlag() as sigterm:
+    while step < total_steps:
+      batch = dp.shard_batch(next(train_iter))
+      p_state, metrics = train_step(p_state, batch)
+      step += 1
+      pending.append(metrics)
+      if first_step_seconds is None:
+        jax.block_until_ready(metrics)
+        first_step_seconds = time.time() - loop_start
+        window_start, window_steps = time.time(), 0
+        pending.clear()
+      else:
+        window_steps += 1
+
+      if pending and (step % config.log_every_steps == 0 or step == total_steps):
+        now = time.time()
+        logged = _mean_metrics(dp, pending)
+        pending.clear()
+        images_per_second = window_steps * config.batch_size / max(now - window_start, 1e-9)
+        logged.update(images_per_second=images_per_second, epoch=step / steps_per_epoch)
+        writer.write_scalars(step, logged)
+        eta = (total_steps - step) * config.batch_size / max(images_per_second, 1e-9)
+        logging.info(
+            "step %d/%d (epoch %.1f) loss %.4f acc %.3f lr %.4g | %.0f img/s | ETA %s", step,
+            total_steps, step / steps_per_epoch, logged["loss"], logged["accuracy"],
+            logged["learning_rate"], images_per_second, _format_eta(eta))
+        metrics_summary["train_loss"] = logged["loss"]
+        metrics_summary["skipped_steps"] = int(logged["skipped_steps"])
+        window_start, window_steps = now, 0
+
+      if eval_every and step % eval_every == 0 and step < total_steps:
+        eval_start = time.time()
+        results = evaluate(eval_step, dp, p_state, eval_data)
+        writer.write_scalars(step, results)
+        logging.info("step %d: test accuracy %.4f, loss %.4f", step, results["test_accuracy"],
+                     results["test_loss"])
+        # Evaluation time is not training time: keep it out of img/s and train_seconds.
+        eval_seconds += time.time() - eval_start
+        window_start += time.time() - eval_start
+
+      preempted = sigterm.received if jax.process_count() == 1 else ckpt.reached_preemption(
+          step)
+      if preempted or ckpt.should_save(step) or step == total_steps:
+        ckpt.save(step, dp.unreplicate(p_state), force=preempted or step == total_steps)
+      if preempted:
+        ckpt.wait()
+        writer.flush()
+        raise Preempted(f"SIGTERM at step {step}: checkpoint saved to {ckpt.directory}; run "
+                        "the same command again to resume.")
+
+  train_seconds = time.time() - loop_start - eval_seconds
+  results = evaluate(eval_step, dp, p_state, eval_data)
+  ckpt.wait()
+  ckpt.close()
+  steps_run = step - start_step
+  timed_steps = max(steps_run - 1, 0)
+  timed_seconds = train_seconds - (first_step_seconds or 0.0)
+  summary = {
+      "config": config.get("name", config.model.name + "_" + info.name),
+      "test_accuracy": results["test_accuracy"],
+      "test_loss": results["test_loss"],
+      "test_examples": results["test_examples"],
+      "eval_split": config.dataset.eval_split,
+      "steps": step,
+      "steps_this_run": steps_run,
+      "resumed_from_step": start_step,
+      "train_seconds": round(train_seconds, 3),
+      "first_step_seconds": round(first_step_seconds or 0.0, 3),
+      "images_per_second": round(timed_steps * config.batch_size / timed_seconds, 1)
+                           if timed_steps and timed_seconds > 0 else None,
+      "devices": dp.num_devices,
+      "precision": config.precision,
+      **metrics_summary,
+  }
+  writer.write_scalars(step, results)
+  writer.flush()
+  writer.close()
+  if is_main:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def _mean_metrics(dp: DataParallel, pending: list) -> Dict[str, float]:
+  # Means over the logging window; counters and the loss scale are reported as their latest
+  # value.
+  host = [dp.metrics_to_host(m) for m in pending]
+  latest = ("skipped_steps", "loss_scale")
+  return {k: float(host[-1][k] if k in latest else np.mean([h[k] for h in host]))
+          for k in host[0]}
+
+
+def _count(params: Any) -> int:
+  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+
+
+def _flat_config(config, prefix: str = "") -> Dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    name = prefix + key
+    if hasattr(value, "items"):
+      flat.update(_flat_config(value, name + "."))
+    elif isinstance(value, (int, float, str, bool)):
+      flat[name] = value
+    else:
+      flat[name] = str(value)
+  return flat
+

@@ -1,0 +1,110 @@
+"""Config checks that run before anything is compiled or read.
+
+Every problem is reported at once, each naming the config field and the fix, so a bad command
+line fails in a second instead of after a compile or an epoch.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import jax
+
+from bagtricks import losses, optim, precision, preprocess
+from bagtricks.parallel import BACKENDS
+
+import models
+
+
+class ConfigError(ValueError):
+  """One or more config fields are invalid."""
+
+
+def _positive(config, field: str, problems: List[str], integer: bool = False) -> None:
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  if integer:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      problems.append(f"config.{field}={value!r} must be a positive integer.")
+  elif not isinstance(value, (int, float)) or value <= 0:
+    problems.append(f"config.{field}={value!r} must be > 0.")
+
+
+def build_model_kwargs(config) -> dict:
+  """``config.model`` minus its name: the keyword arguments of the model constructor."""
+  return {k: v for k, v in config.model.items() if k != "name"}
+
+
+def validate_config(config, num_local_devices: int) -> None:
+  """Raises ``ConfigError`` listing every invalid field of ``config``.
+
+  Args:
+    config: the run config.
+    num_local_devices: devices this process will use.
+  """
+  problems: List[str] = []
+
+  def check_choice(field, value, choices):
+    if value not in choices:
+      problems.append(f"config.{field}={value!r} is unknown; use one of {tuple(choices)}.")
+
+  check_choice("model.name", config.model.name, models.MODEL_NAMES)
+  check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
+  check_choice("schedule.name", config.schedule.name, optim.SCHEDULES)
+  check_choice("precision", config.precision, precision.PRECISIONS)
+  check_choice("parallel", config.parallel, BACKENDS)
+  check_choice("label_smoothing_mode", config.label_smoothing_mode,
+               losses.LABEL_SMOOTHING_MODES)
+
+  for field in ("optimizer.base_lr", "optimizer.base_batch_size", "num_epochs"):
+    _positive(config, field, problems)
+  for field in ("batch_size", "eval_batch_size", "dataset.image_size", "dataset.channels",
+                "dataset.shuffle_buffer", "log_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints"):
+    _positive(config, field, problems, integer=True)
+  if config.optimizer.weight_decay < 0:
+    problems.append(f"config.optimizer.weight_decay={config.optimizer.weight_decay} must be "
+                    ">= 0.")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    problems.append(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
+  if config.schedule.warmup_epochs < 0 or (
+      config.schedule.name == "cosine" and config.schedule.warmup_epochs >= config.num_epochs):
+    problems.append(f"config.schedule.warmup_epochs={config.schedule.warmup_epochs} must be >= 0 "
+                    f"and below config.num_epochs={config.num_epochs}.")
+  if config.precision == "fp16":
+    for field in ("loss_scale.init_scale", "loss_scale.growth_interval",
+                  "loss_scale.max_scale"):
+      _positive(config, field, problems)
+    if not 0.0 < config.loss_scale.backoff < 1.0:
+      problems.append(f"config.loss_scale.backoff={config.loss_scale.backoff} must be in (0, 1).")
+
+  if config.num_devices < 0 or config.num_devices > len(jax.local_devices()):
+    problems.append(f"config.num_devices={config.num_devices} must be 0 (all) or between 1 and "
+                    f"the {len(jax.local_devices())} local devices.")
+  if config.num_devices and jax.process_count() > 1:
+    problems.append(f"config.num_devices={config.num_devices}: a multi-process run uses every "
+                    "local device; set it to 0.")
+  devices = num_local_devices * jax.process_count()
+  for field in ("batch_size", "eval_batch_size"):
+    value = config[field]
+    if isinstance(value, int) and value > 0 and value % devices:
+      problems.append(
+          f"config.{field}={value} does not divide evenly over {devices} devices "
+          f"({jax.process_count()} processes x {num_local_devices}); use a multiple of "
+          f"{devices}, e.g. {max(devices, value // devices * devices)}.")
+
+  for field in ("train_pp", "eval_pp"):
+    try:
+      preprocess.get_preprocess_fn(config.dataset[field])
+    except ValueError as e:
+      problems.append(f"config.dataset.{field}: {e}")
+
+  if config.model.name in models.MODEL_NAMES:
+    try:
+      models.create_model(config.model.name, num_classes=2, **build_model_kwargs(config))
+    except (TypeError, ValueError) as e:
+      problems.append(f"config.model: {e}")
+
+  if problems:
+    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,37 @@
+"""Test setup: 8 fake CPU devices, quiet TensorFlow, and shared small fixtures."""
+
+import os
+
+# Must be set before JAX initializes its backend: data-parallel tests compare 8 devices
+# with 1 on the same machine.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory):
+  """A TFDS data dir holding the bundled digits, written once per test session."""
+  from bagtricks import data
+  path = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare_sklearn_digits(path)
+  return path
+
+
+def tiny_config(data_dir: str):
+  """The default digits recipe shrunk to a few fast steps (ResNet-18-D at width 1/8)."""
+  from configs import default
+  config = default.get_config()
+  config.dataset.data_dir = data_dir
+  config.model.width_multiplier = 0.125
+  config.batch_size = 64
+  config.eval_batch_size = 64
+  config.num_epochs = 1
+  config.schedule.warmup_epochs = 0.5
+  config.log_every_steps = 5
+  config.eval_every_epochs = 0.0
+  config.checkpoint_every_steps = 5
+  return config

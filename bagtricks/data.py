@@ -195,12 +195,19 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
+def _steps_per_epoch(config, builder) -> int:
+  # Every process reads an equal share of the train split; an epoch's remainder is dropped.
+  per_process_train = _num_examples(builder, tfds.split_for_jax_process(
+      config.dataset.train_split))
+  return per_process_train // per_process_batch_size(config.batch_size)
+
+
 def dataset_info(config, builder) -> DatasetInfo:
   """Sizes and steps of the run's data (identical on every process)."""
-  train_split = tfds.split_for_jax_process(config.dataset.train_split)
-  per_process_train = _num_examples(builder, train_split)
-  steps_per_epoch = per_process_train // per_process_batch_size(config.batch_size)
+  steps_per_epoch = _steps_per_epoch(config, builder)
   if steps_per_epoch < 1:
+    per_process_train = _num_examples(builder, tfds.split_for_jax_process(
+        config.dataset.train_split))
     raise DataError(
         f"config.batch_size={config.batch_size} exceeds the {per_process_train} train examples "
         f"each of the {jax.process_count()} processes reads; lower config.batch_size.")
@@ -254,7 +261,7 @@ def train_batches(config, builder, start_step: int, num_devices: int) -> Iterato
   dc = config.dataset
   split = tfds.split_for_jax_process(dc.train_split)
   batch = per_process_batch_size(config.batch_size)
-  steps_per_epoch = _num_examples(builder, split) // batch
+  steps_per_epoch = _steps_per_epoch(config, builder)
   epoch_len = steps_per_epoch * batch
   decode = builder.info.features["image"].decode_example
   pp = preprocess.get_preprocess_fn(dc.train_pp)
@@ -280,7 +287,6 @@ def train_batches(config, builder, start_step: int, num_devices: int) -> Iterato
   ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
-  options.threading.private_threadpool_size = max(os.cpu_count() or 1, 2)
   ds = ds.with_options(options)
   for b in tfds.as_numpy(ds):
     yield _to_device_layout(b, num_devices)

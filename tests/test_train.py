@@ -133,7 +133,7 @@ def test_sigterm_saves_and_resumes(reference_run, digits_data_dir):
   assert code == 143, err[-3000:]
   assert "run the same command again to resume" in err
   stopped_at = _saved_steps(workdir)[-1]
-  assert 5 <= stopped_at < TOTAL_STEPS
+  assert 0 < stopped_at < TOTAL_STEPS
   assert f"SIGTERM at step {stopped_at}:" in err  # saved where it stopped, not earlier
   code, out, err = _finish(_cli(workdir, digits_data_dir, reference_run["cache"]))
   assert code == 0, err[-3000:]

@@ -199,18 +199,17 @@ def _steps_per_epoch(config, builder) -> int:
   # Every process reads an equal share of the train split; an epoch's remainder is dropped.
   per_process_train = _num_examples(builder, tfds.split_for_jax_process(
       config.dataset.train_split))
-  return per_process_train // per_process_batch_size(config.batch_size)
+  steps = per_process_train // per_process_batch_size(config.batch_size)
+  if steps < 1:
+    raise DataError(
+        f"config.batch_size={config.batch_size} exceeds the {per_process_train} train examples "
+        f"each of the {jax.process_count()} processes reads; lower config.batch_size.")
+  return steps
 
 
 def dataset_info(config, builder) -> DatasetInfo:
   """Sizes and steps of the run's data (identical on every process)."""
   steps_per_epoch = _steps_per_epoch(config, builder)
-  if steps_per_epoch < 1:
-    per_process_train = _num_examples(builder, tfds.split_for_jax_process(
-        config.dataset.train_split))
-    raise DataError(
-        f"config.batch_size={config.batch_size} exceeds the {per_process_train} train examples "
-        f"each of the {jax.process_count()} processes reads; lower config.batch_size.")
   size = config.dataset.image_size
   image_shape = (size, size, config.dataset.channels)
   return DatasetInfo(

@@ -10,13 +10,11 @@ the last line.
 """
 
 import json
-import logging as pylogging
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from bagtricks import checkpoint, data, train, validate
@@ -34,18 +32,10 @@ def _default_workdir() -> str:
   return os.path.join("runs", name)
 
 
-class _DropLibraryInfo(pylogging.Filter):
-  """Keeps Orbax's per-save INFO chatter out of the progress log; its warnings still show."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  train.configure_logging()
   workdir = _WORKDIR.value or _default_workdir()
   try:
     summary = train.train_and_evaluate(_CONFIG.value, workdir)

@@ -32,9 +32,17 @@ def _to_host_tree(state: Any) -> Any:
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
+def _shape_and_dtype(x: Any) -> tuple:
+  # Arrays, NumPy scalars and jax.ShapeDtypeStruct templates all carry both.
+  if hasattr(x, "shape") and hasattr(x, "dtype"):
+    return tuple(x.shape), np.dtype(x.dtype)
+  x = np.asarray(x)
+  return x.shape, x.dtype
+
+
 def _describe(tree: Any) -> dict:
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(path): (np.shape(x), np.asarray(x).dtype) for path, x in flat}
+  return {jax.tree_util.keystr(path): _shape_and_dtype(x) for path, x in flat}
 
 
 def _mismatches(expected: dict, found: dict, limit: int = 5) -> list:
@@ -61,12 +69,14 @@ class Checkpointer:
     max_to_keep: how many recent checkpoints to keep.
   """
 
-  def __init__(self, directory: str, save_every_steps: int, max_to_keep: int):
+  def __init__(self, directory: str, save_every_steps: int = 1, max_to_keep: int = 1,
+               read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, save_interval_steps=save_every_steps, create=True))
+            max_to_keep=max_to_keep, save_interval_steps=save_every_steps,
+            create=not read_only, read_only=read_only))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -84,25 +94,62 @@ class Checkpointer:
     Raises:
       CheckpointError: the checkpoint is damaged or was written by an incompatible config.
     """
-    step = self.latest_step()
-    if step is None:
-      return None
-    where = os.path.join(self.directory, str(step))
     hint = (" The checkpoint is left untouched. Start the run in a new --workdir, or run "
             "with the config that wrote it (see config.json in the workdir).")
+    found = self._read_latest(hint)
+    if found is None:
+      return None
+    where, restored = found
     expected = _to_host_tree(template)
-    try:
-      restored = self._manager.restore(step, args=ocp.args.StandardRestore())
-    except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
-      raise CheckpointError(
-          f"Checkpoint {where} could not be read ({type(e).__name__}: {str(e)[:200]})."
-          + hint) from e
     problems = _mismatches(_describe(expected), _describe(restored))
     if problems:
       raise CheckpointError(
           f"Checkpoint {where} does not match the state this config builds: "
           + "; ".join(problems) + "." + hint)
     return flax.serialization.from_state_dict(template, restored)
+
+  def restore_variables(self, template: dict) -> dict:
+    """The model variables (``params``, ``batch_stats``) of the latest checkpoint.
+
+    Used to load a trained model (e.g. a distillation teacher) whatever optimizer trained it.
+
+    Args:
+      template: ``{'params': ..., 'batch_stats': ...}`` of arrays or ``jax.ShapeDtypeStruct``
+        (e.g. from ``jax.eval_shape`` of the model's init).
+
+    Returns:
+      The variables, host NumPy arrays in the structure of ``template``.
+
+    Raises:
+      CheckpointError: there is no checkpoint, it is damaged, or the model does not fit it.
+    """
+    hint = (" Check that the teacher's workdir and config belong together (the workdir's "
+            "config.json records the config that trained it).")
+    found = self._read_latest(hint)
+    if found is None:
+      raise CheckpointError(f"No checkpoint in {self.directory}: train the model there first.")
+    where, restored = found
+    variables = {"params": restored.get("params", {}),
+                 "batch_stats": restored.get("batch_stats", {})}
+    template = {"params": template.get("params", {}),
+                "batch_stats": template.get("batch_stats", {})}
+    problems = _mismatches(_describe(template), _describe(variables))
+    if problems:
+      raise CheckpointError(f"Checkpoint {where} does not fit the model: "
+                            + "; ".join(problems) + "." + hint)
+    return variables
+
+  def _read_latest(self, hint: str):
+    step = self.latest_step()
+    if step is None:
+      return None
+    where = os.path.join(self.directory, str(step))
+    try:
+      return where, self._manager.restore(step, args=ocp.args.StandardRestore())
+    except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
+      raise CheckpointError(
+          f"Checkpoint {where} could not be read ({type(e).__name__}: {str(e)[:200]})."
+          + hint) from e
 
   def should_save(self, step: int) -> bool:
     return self._manager.should_save(step)

@@ -67,3 +67,42 @@ def classification_loss(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothin
   """
   targets = smooth_labels(labels, logits.shape[-1], label_smoothing, mode)
   return softmax_cross_entropy(logits, targets)
+
+
+def _as_targets(labels: jnp.ndarray, num_classes: int) -> jnp.ndarray:
+  # Integer class ids become one-hot rows; distributions (smoothed or mixed) pass through.
+  if labels.ndim == 1:
+    return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return labels.astype(jnp.float32)
+
+
+def distillation_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray,
+                      labels: jnp.ndarray, temperature: float,
+                      soft_weight: float) -> jnp.ndarray:
+  """Knowledge distillation (Hinton et al. 2015; Bag of Tricks §5.3).
+
+  ℓ = (1 − w)·CE(y, softmax(s)) + w·T²·CE(softmax(t/T), softmax(s/T)),
+
+  with student logits s, teacher logits t, temperature T and soft weight w. The T² keeps the
+  soft term's gradient on the same scale as the hard term's as T grows (its gradient with
+  respect to s is w·T·(softmax(s/T) − softmax(t/T))). The soft term is the cross-entropy the
+  papers write, so its value includes the teacher's (constant) entropy; its gradient is that of
+  the KL divergence. No gradient flows into the teacher logits.
+
+  Args:
+    student_logits: ``[batch, num_classes]``.
+    teacher_logits: ``[batch, num_classes]``.
+    labels: integer class ids ``[batch]`` or target distributions ``[batch, num_classes]``
+      (smoothed or mixed labels).
+    temperature: T > 0 (Bag of Tricks: 20).
+    soft_weight: w in [0, 1].
+
+  Returns:
+    ``[batch]`` losses.
+  """
+  num_classes = student_logits.shape[-1]
+  hard = softmax_cross_entropy(student_logits, _as_targets(labels, num_classes))
+  teacher_probs = jax.nn.softmax(
+      jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature, axis=-1)
+  soft = softmax_cross_entropy(student_logits.astype(jnp.float32) / temperature, teacher_probs)
+  return (1.0 - soft_weight) * hard + soft_weight * temperature**2 * soft

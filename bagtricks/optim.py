@@ -6,7 +6,8 @@ Everything here is pure JAX/optax and can be used from any JAX code:
   and step decay, each returning an ``optax.Schedule``;
 * ``weight_decay_mask``: decay conv/dense kernels only, "no bias decay" (§3.1);
 * ``build_optimizer``: the whole optax chain (SGD+Nesterov, AdamW, LARS or LAMB, optional
-  gradient clipping) from an ``ml_collections`` config.
+  gradient clipping) from an ``ml_collections`` config;
+* ``ema_decay_schedule`` and ``update_ema``: an exponential moving average of the weights.
 """
 
 from __future__ import annotations
@@ -218,3 +219,42 @@ def build_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTran
   if opt.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx
+
+
+def ema_decay_schedule(decay: float, warmup: bool = True) -> optax.Schedule:
+  """The decay of the weight EMA at each step.
+
+  With ``warmup`` it is min(decay, (1 + t)/(10 + t)) as in TensorFlow's
+  ``ExponentialMovingAverage(num_updates=t)``, so the average forgets its random
+  initialization quickly in short runs; otherwise the constant ``decay``.
+
+  Args:
+    decay: the final decay in [0, 1), e.g. 0.9999 for ImageNet-length runs.
+    warmup: ramp the decay up over the first steps.
+
+  Returns:
+    ``step -> decay``.
+  """
+
+  def schedule(step):
+    if not warmup:
+      return jnp.asarray(decay, jnp.float32)
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+  return schedule
+
+
+def update_ema(ema: Any, values: Any, decay: jnp.ndarray) -> Any:
+  """One EMA step: ema ← decay·ema + (1 − decay)·values, leaf by leaf (float32).
+
+  Args:
+    ema: the running average (a pytree).
+    values: the new values (same structure).
+    decay: the decay of this step.
+
+  Returns:
+    The updated average.
+  """
+  return jax.tree_util.tree_map(
+      lambda e, v: (decay * e + (1.0 - decay) * v).astype(e.dtype), ema, values)

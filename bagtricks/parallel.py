@@ -91,17 +91,20 @@ class DataParallel:
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_process_local_data(self._split, x), batch)
 
-  def compile(self, per_device_fn: Callable, donate_state: bool = False) -> Callable:
-    """Turns ``fn(state, batch) -> outputs`` (one device's view) into a parallel step.
+  def compile(self, per_device_fn: Callable, donate_state: bool = False,
+              replicated_args: int = 0) -> Callable:
+    """Turns ``fn(state, batch, *extra) -> outputs`` (one device's view) into a parallel step.
 
     ``outputs`` must be replicated across devices (reduce with ``axis_name`` collectives).
 
     Args:
       per_device_fn: the step for one device, using collectives over ``AXIS_NAME``.
       donate_state: let XLA reuse the input state's buffers for the output.
+      replicated_args: how many arguments follow ``batch`` (e.g. a distillation teacher's
+        variables); like the state, they are passed in the layout of ``replicate``.
 
     Returns:
-      ``fn(state, batch) -> outputs`` on the layouts of ``replicate``/``shard_batch``.
+      ``fn(state, batch, *extra) -> outputs`` on the layouts of ``replicate``/``shard_batch``.
     """
     donate = (0,) if donate_state else ()
     if self.backend == "pmap":
@@ -110,12 +113,13 @@ class DataParallel:
       return jax.pmap(per_device_fn, axis_name=AXIS_NAME, devices=devices,
                       donate_argnums=donate)
 
-    def on_block(state, batch):
+    def on_block(state, batch, *extra):
       # Each device sees a [1, per_device, ...] block of the device axis.
       block = jax.tree_util.tree_map(lambda x: x[0], batch)
-      return per_device_fn(state, block)
+      return per_device_fn(state, block, *extra)
 
-    mapped = jax.shard_map(on_block, mesh=self.mesh, in_specs=(P(), P(AXIS_NAME)),
+    mapped = jax.shard_map(on_block, mesh=self.mesh,
+                           in_specs=(P(), P(AXIS_NAME)) + (P(),) * replicated_args,
                            out_specs=P(), check_vma=False)
     return jax.jit(mapped, donate_argnums=donate)
 

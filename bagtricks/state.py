@@ -22,16 +22,19 @@ class TrainState:
     batch_stats: BatchNorm running statistics (empty for GroupNorm models).
     opt_state: optimizer state (including the dynamic loss scale under fp16).
     rng: base PRNG key; per-step, per-device keys are folded from it.
+    ema: exponential moving average of the weights, ``{'params', 'batch_stats'}``, or ``{}``
+      when the run keeps none.
   """
   step: jnp.ndarray
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jnp.ndarray
+  ema: Any = flax.struct.field(default_factory=dict)
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jnp.ndarray,
-                       input_shape: tuple) -> TrainState:
+                       input_shape: tuple, ema: bool = False) -> TrainState:
   """Initializes parameters, BatchNorm statistics and optimizer state.
 
   Args:
@@ -39,6 +42,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     tx: the full optimizer (already wrapped for loss scaling if any).
     rng: PRNG key.
     input_shape: ``(height, width, channels)`` of one example.
+    ema: keep an exponential moving average of the weights (it starts equal to them).
 
   Returns:
     A ``TrainState`` at step 0.
@@ -47,16 +51,18 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
   variables = model.init(init_rng, jnp.zeros((1,) + tuple(input_shape), jnp.float32),
                          train=False)
   params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
   return TrainState(
       step=jnp.zeros([], jnp.int32),
       params=params,
-      batch_stats=variables.get("batch_stats", {}),
+      batch_stats=batch_stats,
       opt_state=tx.init(params),
-      rng=state_rng)
+      rng=state_rng,
+      ema={"params": params, "batch_stats": batch_stats} if ema else {})
 
 
 def init_train_state(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple,
-                     seed: int) -> TrainState:
+                     seed: int, ema: bool = False) -> TrainState:
   """``create_train_state`` compiled once and fetched to the host (NumPy leaves).
 
   Initialization runs once per run, so it is compiled without XLA's backend optimizations:
@@ -69,11 +75,13 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, input_s
     tx: the full optimizer.
     input_shape: ``(height, width, channels)`` of one example.
     seed: PRNG seed.
+    ema: keep an exponential moving average of the weights.
 
   Returns:
     A ``TrainState`` of host arrays.
   """
-  init = jax.jit(functools.partial(create_train_state, model, tx, input_shape=input_shape))
+  init = jax.jit(functools.partial(create_train_state, model, tx, input_shape=input_shape,
+                                   ema=ema))
   key = jax.random.PRNGKey(seed)
   compiled = init.lower(key).compile(compiler_options={"xla_backend_optimization_level": 0})
   return jax.device_get(compiled(key))

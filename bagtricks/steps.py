@@ -6,7 +6,7 @@ the same function under ``jax.pmap`` or ``jax.jit(jax.shard_map(...))``.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from bagtricks import precision
+from bagtricks import optim, precision
 from bagtricks.parallel import AXIS_NAME
 from bagtricks.state import TrainState
 
@@ -28,18 +28,32 @@ def _variables(state: TrainState, params) -> dict:
   return variables
 
 
+def step_rng(base_rng: jax.Array, step: jnp.ndarray, axis_name: str = AXIS_NAME) -> jax.Array:
+  """The PRNG key of one device at one step: the step, then the device index, folded in.
+
+  Every step and every device draw different augmentations and DropBlock masks, and a resumed
+  run draws the same ones as an uninterrupted run.
+  """
+  return jax.random.fold_in(jax.random.fold_in(base_rng, step), lax.axis_index(axis_name))
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task,
                     policy: precision.Policy, learning_rate: optax.Schedule,
-                    axis_name: str = AXIS_NAME) -> Callable[[TrainState, dict],
-                                                            Tuple[TrainState, Metrics]]:
-  """Builds ``train_step(state, batch) -> (state, metrics)`` for one device.
+                    axis_name: str = AXIS_NAME, *,
+                    augment: Optional[Callable] = None,
+                    teacher: Optional[nn.Module] = None,
+                    drop_block_rate: Optional[optax.Schedule] = None,
+                    ema_decay: Optional[optax.Schedule] = None) -> Callable:
+  """Builds ``train_step(state, batch[, teacher_variables]) -> (state, metrics)`` for one device.
 
-  Forward and backward run in ``policy.compute_dtype`` on float32 master params (Flax casts
-  them per layer); logits and loss are float32. The loss is multiplied by the dynamic loss
-  scale when the optimizer has one; gradients are averaged over ``axis_name`` before the
-  optimizer, so every device applies the same update. If the gradients are not finite the
-  optimizer skips the update (``precision.dynamic_loss_scale``) and the BatchNorm statistics of
-  that step are discarded too, so nothing in the state can turn NaN.
+  The step: targets from the task (label smoothing) → batch augmentations of images and targets
+  (``augment``) → the teacher's logits on the augmented images, without gradients (when
+  distilling) → forward and backward in ``policy.compute_dtype`` on float32 master params (Flax
+  casts them per layer; logits and loss are float32) → gradients averaged over ``axis_name`` →
+  optimizer → EMA of the weights. The loss is multiplied by the dynamic loss scale when the
+  optimizer has one; if the gradients are not finite the optimizer skips the update
+  (``precision.dynamic_loss_scale``) and the BatchNorm statistics of that step are discarded
+  too, so nothing in the state can turn NaN.
 
   Args:
     model: Flax module, called as ``model(x, train=True)`` with BatchNorm stats mutable.
@@ -48,24 +62,41 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task,
     policy: dtype policy.
     learning_rate: the schedule, only to report the learning rate of each step.
     axis_name: the device axis for collectives.
+    augment: ``fn(rng, step, images, targets) -> (images, targets)``, e.g.
+      ``augment.BatchAugment``; None for none.
+    teacher: a Flax module whose logits the task distills from; the step then takes the
+      teacher's variables as a third argument and runs it with ``train=False``.
+    drop_block_rate: schedule of the model's DropBlock rate (passed as ``drop_block_rate=``);
+      None when the model has no DropBlock.
+    ema_decay: schedule of the weight-EMA decay; None when the state keeps no EMA.
 
   Returns:
     The per-device train step. ``batch`` holds ``image`` ``[per_device, H, W, C]`` and
     ``label`` ``[per_device]``; ``metrics`` are scalars identical on every device.
   """
 
-  def train_step(state: TrainState, batch: dict):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
-                             lax.axis_index(axis_name))
+  def train_step(state: TrainState, batch: dict, teacher_variables=None):
+    augment_rng, dropout_rng = jax.random.split(step_rng(state.rng, state.step, axis_name))
     scale = precision.loss_scale_of(state.opt_state)
-    images = batch["image"].astype(policy.compute_dtype)
+    images = batch["image"]
+    targets = task.train_targets(batch)
+    if augment is not None:
+      images, targets = augment(augment_rng, state.step, images, targets)
+    images = images.astype(policy.compute_dtype)
+    teacher_logits = None
+    if teacher is not None:
+      teacher_logits = lax.stop_gradient(
+          teacher.apply(teacher_variables, images, train=False).astype(jnp.float32))
+    model_kwargs = {}
+    if drop_block_rate is not None:
+      model_kwargs["drop_block_rate"] = drop_block_rate(state.step)
 
     def loss_fn(params):
       logits, new_vars = model.apply(
           _variables(state, params), images, train=True, mutable=["batch_stats"],
-          rngs={"dropout": rng})
+          rngs={"dropout": dropout_rng}, **model_kwargs)
       logits = logits.astype(jnp.float32)
-      loss = jnp.mean(task.train_loss(logits, batch))
+      loss = jnp.mean(task.train_loss(logits, targets, teacher_logits))
       return loss * scale, (loss, logits, new_vars)
 
     grads, (loss, logits, new_vars) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -77,31 +108,42 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task,
       finite = precision.all_finite(grads)
       batch_stats = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old),
                                            batch_stats, state.batch_stats)
+    ema = state.ema
+    if ema_decay is not None:
+      ema = optim.update_ema(ema, {"params": params, "batch_stats": batch_stats},
+                             ema_decay(state.step))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
-    metrics = {"loss": loss, **task.train_metrics(logits, batch)}
+                              opt_state=opt_state, ema=ema)
+    metrics = {"loss": loss, **task.train_metrics(logits, targets)}
     metrics = lax.pmean(metrics, axis_name)
     metrics.update(
         learning_rate=jnp.asarray(learning_rate(state.step), jnp.float32),
         grad_norm=optax.global_norm(grads) / scale,
         loss_scale=scale,
         skipped_steps=precision.skipped_steps_of(opt_state))
+    if drop_block_rate is not None:
+      metrics["drop_block_rate"] = jnp.asarray(model_kwargs["drop_block_rate"], jnp.float32)
     return new_state, metrics
 
   return train_step
 
 
 def make_eval_step(model: nn.Module, task, policy: precision.Policy,
-                   axis_name: str = AXIS_NAME) -> Callable[[TrainState, dict], Metrics]:
+                   axis_name: str = AXIS_NAME,
+                   use_ema: bool = False) -> Callable[[TrainState, dict], Metrics]:
   """Builds ``eval_step(state, batch) -> sums`` for one device.
 
   ``batch`` carries a ``mask`` (0 for padding); the returned masked sums are summed over
-  devices, so the caller divides by ``count`` once at the end.
+  devices, so the caller divides by ``count`` once at the end. With ``use_ema`` the model runs
+  on the EMA weights (``state.ema``) instead of the raw ones.
   """
 
   def eval_step(state: TrainState, batch: dict) -> Metrics:
     images = batch["image"].astype(policy.compute_dtype)
-    logits = model.apply(_variables(state, state.params), images, train=False)
+    variables = dict(state.ema) if use_ema else _variables(state, state.params)
+    if not variables.get("batch_stats"):
+      variables.pop("batch_stats", None)
+    logits = model.apply(variables, images, train=False)
     return lax.psum(task.eval_sums(logits.astype(jnp.float32), batch), axis_name)
 
   return eval_step

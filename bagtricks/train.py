@@ -8,22 +8,38 @@ end, and on SIGTERM) → ``summary.json``.
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 from clu import metric_writers
 
 import models
-from bagtricks import checkpoint, data, optim, precision, steps, validate
+from bagtricks import augment as augment_lib
+from bagtricks import checkpoint, data, distill, optim, precision, steps, validate
 from bagtricks.parallel import AXIS_NAME, DataParallel
 from bagtricks.state import init_train_state
 from bagtricks.tasks import ClassificationTask
+
+
+class _DropLibraryInfo(pylogging.Filter):
+  """Keeps Orbax's per-save INFO chatter out of the progress log; its warnings still show."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+
+def configure_logging() -> None:
+  """INFO progress lines for the command-line tools, without Orbax's per-save messages."""
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
 class Preempted(Exception):
@@ -131,16 +147,30 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def evaluate(eval_step, dp: DataParallel, p_state, eval_data) -> Dict[str, float]:
-  """Accuracy and cross-entropy over the whole eval split (padding masked out)."""
+def evaluate(eval_step, dp: DataParallel, p_state, eval_data,
+             prefix: str = "") -> Dict[str, float]:
+  """Accuracy and cross-entropy over the whole eval split (padding masked out).
+
+  Keys are ``test_accuracy``, ``test_loss``, ``test_examples``, each after ``prefix``.
+  """
   totals = None
   for batch in eval_data:
     sums = eval_step(p_state, dp.shard_batch(batch))
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   totals = dp.metrics_to_host(totals)
   count = max(totals["count"], 1.0)
-  return {"test_accuracy": totals["correct"] / count, "test_loss": totals["loss"] / count,
-          "test_examples": int(totals["count"])}
+  return {prefix + "test_accuracy": totals["correct"] / count,
+          prefix + "test_loss": totals["loss"] / count,
+          prefix + "test_examples": int(totals["count"])}
+
+
+def evaluate_all(eval_steps: Dict[str, Any], dp: DataParallel, p_state,
+                 eval_data) -> Dict[str, float]:
+  """``evaluate`` for each weight set (raw, and ``ema_`` when the run keeps an EMA)."""
+  results = {}
+  for prefix, eval_step in eval_steps.items():
+    results.update(evaluate(eval_step, dp, p_state, eval_data, prefix))
+  return results
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
@@ -177,9 +207,24 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   tx = precision.wrap_optimizer(optim.build_optimizer(config, schedule), policy,
                                 config.loss_scale.to_dict())
   task = ClassificationTask(info.num_classes, config.label_smoothing,
-                            config.label_smoothing_mode)
+                            config.label_smoothing_mode, config.distill.temperature,
+                            config.distill.soft_weight)
+  batch_augment = augment_lib.batch_augment_from_config(config.augment, steps_per_epoch,
+                                                        total_steps)
+  teacher, teacher_variables = None, None
+  if config.distill.enabled:
+    teacher, teacher_variables = distill.load_teacher(
+        config.distill, info.num_classes, info.image_shape, policy.compute_dtype)
+  drop_block_rate = None
+  if config.model.drop_block_rate > 0:
+    # DropBlock paper: keep_prob decreases linearly from 1 to its target over training.
+    drop_block_rate = optax.linear_schedule(0.0, config.model.drop_block_rate, total_steps)
+  ema_decay = None
+  if config.ema.decay > 0:
+    ema_decay = optim.ema_decay_schedule(config.ema.decay, config.ema.warmup)
 
-  host_state = init_train_state(model, tx, info.image_shape, config.seed)
+  host_state = init_train_state(model, tx, info.image_shape, config.seed,
+                                ema=ema_decay is not None)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  config.checkpoint_every_steps, config.keep_checkpoints)
   restored = ckpt.restore(host_state)
@@ -193,9 +238,17 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
   dp = DataParallel(config.parallel, devices)
   p_state = dp.replicate(host_state)
-  train_step = dp.compile(steps.make_train_step(model, tx, task, policy, schedule),
-                          donate_state=True)
-  eval_step = dp.compile(steps.make_eval_step(model, task, policy))
+  train_step = dp.compile(
+      steps.make_train_step(model, tx, task, policy, schedule,
+                            augment=batch_augment if batch_augment.active else None,
+                            teacher=teacher, drop_block_rate=drop_block_rate,
+                            ema_decay=ema_decay),
+      donate_state=True, replicated_args=1 if teacher is not None else 0)
+  # The teacher's variables are a step argument, not part of the (checkpointed) state.
+  step_args = (dp.replicate(teacher_variables),) if teacher is not None else ()
+  eval_steps = {"": dp.compile(steps.make_eval_step(model, task, policy))}
+  if ema_decay is not None:
+    eval_steps["ema_"] = dp.compile(steps.make_eval_step(model, task, policy, use_ema=True))
   eval_data = data.EvalBatches(config, builder, dp.num_local_devices)
   train_iter = data.train_batches(config, builder, start_step, dp.num_local_devices)
 
@@ -218,7 +271,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   with _SigtermFlag() as sigterm:
     while step < total_steps:
       batch = dp.shard_batch(next(train_iter))
-      p_state, metrics = train_step(p_state, batch)
+      p_state, metrics = train_step(p_state, batch, *step_args)
       step += 1
       pending.append(metrics)
       if first_step_seconds is None:
@@ -247,10 +300,11 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
       if eval_every and step % eval_every == 0 and step < total_steps:
         eval_start = time.time()
-        results = evaluate(eval_step, dp, p_state, eval_data)
+        results = evaluate_all(eval_steps, dp, p_state, eval_data)
         writer.write_scalars(step, results)
-        logging.info("step %d: test accuracy %.4f, loss %.4f", step, results["test_accuracy"],
-                     results["test_loss"])
+        logging.info("step %d: test accuracy %.4f, loss %.4f%s", step, results["test_accuracy"],
+                     results["test_loss"], f" (EMA: accuracy {results['ema_test_accuracy']:.4f})"
+                     if "ema_test_accuracy" in results else "")
         # Evaluation time is not training time: keep it out of img/s and train_seconds.
         eval_seconds += time.time() - eval_start
         window_start += time.time() - eval_start
@@ -266,7 +320,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                         "the same command again to resume.")
 
   train_seconds = time.time() - loop_start - eval_seconds
-  results = evaluate(eval_step, dp, p_state, eval_data)
+  results = evaluate_all(eval_steps, dp, p_state, eval_data)
   ckpt.wait()
   ckpt.close()
   steps_run = step - start_step
@@ -277,6 +331,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       "test_accuracy": results["test_accuracy"],
       "test_loss": results["test_loss"],
       "test_examples": results["test_examples"],
+      **{k: v for k, v in results.items() if k in ("ema_test_accuracy", "ema_test_loss")},
       "eval_split": config.dataset.eval_split,
       "steps": step,
       "steps_this_run": steps_run,

@@ -10,7 +10,7 @@ from typing import List
 
 import jax
 
-from bagtricks import losses, optim, precision, preprocess
+from bagtricks import distill, losses, optim, precision, preprocess
 from bagtricks.parallel import BACKENDS
 
 import models
@@ -31,9 +31,55 @@ def _positive(config, field: str, problems: List[str], integer: bool = False) ->
     problems.append(f"config.{field}={value!r} must be > 0.")
 
 
+def _in_range(config, field: str, low: float, high: float, problems: List[str],
+              high_inclusive: bool = True) -> None:
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  ok = isinstance(value, (int, float)) and low <= value and (
+      value <= high if high_inclusive else value < high)
+  if not ok:
+    problems.append(f"config.{field}={value!r} must be in [{low}, {high}"
+                    f"{']' if high_inclusive else ')'}.")
+
+
+def _check_augment(config, problems: List[str]) -> None:
+  """``config.augment``: mixup/CutMix, Cutout and GridMask settings."""
+  for field in ("augment.mixup_alpha", "augment.cutmix_alpha", "augment.mix_off_epochs",
+                "augment.gridmask.ramp_epochs"):
+    _in_range(config, field, 0.0, float("inf"), problems)
+  for field in ("augment.cutmix_prob", "augment.gridmask.prob"):
+    _in_range(config, field, 0.0, 1.0, problems)
+  augment = config.augment
+  if augment.mix_off_epochs and augment.mix_off_epochs >= config.num_epochs:
+    problems.append(f"config.augment.mix_off_epochs={augment.mix_off_epochs} must be below "
+                    f"config.num_epochs={config.num_epochs}.")
+  cutout = augment.cutout
+  if not isinstance(cutout.num_holes, int) or cutout.num_holes < 0:
+    problems.append(f"config.augment.cutout.num_holes={cutout.num_holes!r} must be an integer "
+                    ">= 0 (0 = off).")
+  if cutout.num_holes:
+    _positive(config, "augment.cutout.size", problems, integer=True)
+  grid = augment.gridmask
+  if grid.prob > 0:
+    if not (isinstance(grid.d_min, int) and isinstance(grid.d_max, int)
+            and 1 <= grid.d_min < grid.d_max):
+      problems.append(f"config.augment.gridmask.d_min={grid.d_min!r} and d_max={grid.d_max!r} "
+                      "must be integers with 1 <= d_min < d_max (d is drawn from "
+                      "[d_min, d_max)).")
+    _in_range(config, "augment.gridmask.ratio", 0.0, 1.0, problems, high_inclusive=False)
+    if not isinstance(grid.max_rotation, int) or grid.max_rotation < 0:
+      problems.append(f"config.augment.gridmask.max_rotation={grid.max_rotation!r} must be an "
+                      "integer >= 0 (degrees).")
+
+
 def build_model_kwargs(config) -> dict:
-  """``config.model`` minus its name: the keyword arguments of the model constructor."""
-  return {k: v for k, v in config.model.items() if k != "name"}
+  """``config.model`` minus its name: the keyword arguments of the model constructor.
+
+  Lists (as a config read back from JSON has them) become tuples.
+  """
+  return {k: tuple(v) if isinstance(v, list) else v
+          for k, v in config.model.items() if k != "name"}
 
 
 def validate_config(config, num_local_devices: int) -> None:
@@ -93,6 +139,12 @@ def validate_config(config, num_local_devices: int) -> None:
           f"config.{field}={value} does not divide evenly over {devices} devices "
           f"({jax.process_count()} processes x {num_local_devices}); use a multiple of "
           f"{devices}, e.g. {max(devices, value // devices * devices)}.")
+
+  _check_augment(config, problems)
+  if not 0.0 <= config.ema.decay < 1.0:
+    problems.append(f"config.ema.decay={config.ema.decay} must be in [0, 1) (0 = no EMA; "
+                    "e.g. 0.9999 for ImageNet-length runs).")
+  problems.extend(distill.config_problems(config))
 
   for field in ("train_pp", "eval_pp"):
     try:

@@ -37,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.zero_init_last = True
   config.model.norm = "batch"
   config.model.kernel_init = "he_normal"
+  # DropBlock (Ghiasi et al. 2018) in stages 3-4: target rate 1 - keep_prob (paper 0.1),
+  # raised linearly from 0 over training; 0 = off.
+  config.model.drop_block_rate = 0.0
+  config.model.drop_block_size = 7
+  config.model.drop_block_stages = (3, 4)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"
@@ -72,6 +77,36 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.label_smoothing = 0.0
   config.label_smoothing_mode = "paper"
+
+  # Batch augmentations on device (bagtricks/augment.py); all off by default.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.mixup_alpha = 0.0    # Bag of Tricks: 0.2.
+  config.augment.cutmix_alpha = 0.0   # CutMix paper: 1.0.
+  config.augment.cutmix_prob = 0.5    # With both on: per-batch probability of CutMix.
+  config.augment.mix_off_epochs = 0.0  # mixup/CutMix off for the last N epochs.
+  config.augment.cutout = ml_collections.ConfigDict()
+  config.augment.cutout.num_holes = 0  # CIFAR-10: 1 hole of 16 px (half the side).
+  config.augment.cutout.size = 4
+  config.augment.gridmask = ml_collections.ConfigDict()
+  config.augment.gridmask.prob = 0.0  # Official ImageNet: 0.8, reached linearly.
+  config.augment.gridmask.ramp_epochs = 0.0
+  config.augment.gridmask.d_min = 3   # ImageNet [96, 224) of 224 px, scaled to 8 px.
+  config.augment.gridmask.d_max = 8
+  config.augment.gridmask.ratio = 0.6
+  config.augment.gridmask.max_rotation = 0
+
+  # Exponential moving average of the weights, evaluated beside them; 0 = off.
+  config.ema = ml_collections.ConfigDict()
+  config.ema.decay = 0.0
+  config.ema.warmup = True  # decay_t = min(decay, (1 + t) / (10 + t)).
+
+  # Knowledge distillation from a trained run (see bagtricks/distill.py).
+  config.distill = ml_collections.ConfigDict()
+  config.distill.enabled = False
+  config.distill.teacher_workdir = ""
+  config.distill.teacher_config = ""  # Empty: teacher_workdir/config.json.
+  config.distill.temperature = 20.0   # Bag of Tricks §5.3.
+  config.distill.soft_weight = 0.5
 
   config.parallel = "pmap"
   config.num_devices = 0  # 0: all local devices.

@@ -1,5 +1,6 @@
-"""Image classification models (Flax linen)."""
+"""Image classification models and layers (Flax linen)."""
 
+from models.layers import DropBlock
 from models.resnet import create_model
 from models.resnet import MODEL_NAMES
 from models.resnet import ResNet
@@ -26,6 +27,7 @@ from models.resnet import ResNet50D
 
 __all__ = [
     'create_model',
+    'DropBlock',
     'MODEL_NAMES',
     'ResNet',
     'ResNet18', 'ResNet18B', 'ResNet18C', 'ResNet18D',

@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.layers import DropBlock
+
 VARIANTS = ('v1', 'B', 'C', 'D')
 BLOCKS = ('basic', 'bottleneck')
 NORMS = ('batch', 'group')
@@ -172,6 +174,11 @@ def _norm(num_channels: int,
       name=name)
 
 
+def _maybe_drop_block(factory: Optional[ModuleFactory], drop_rate: Any,
+                      x: jnp.ndarray, name: str) -> jnp.ndarray:
+  return x if factory is None else factory(name=name)(x, drop_rate)
+
+
 class ProjectionShortcut(nn.Module):
   """Shortcut branch of a block whose input and output shapes differ.
 
@@ -225,6 +232,9 @@ class BasicBlock(nn.Module):
       scale zero, so the block starts as relu(shortcut).
     conv: Factory of conv layers (see `_conv`).
     norm: Factory of normalization layers (see `_norm`).
+    drop_block: Factory of `DropBlock` layers, applied after every norm of
+      the block (residual branch and projection shortcut) as in the DropBlock
+      paper's ResNet; None for none.
   """
   features: int
   strides: int
@@ -232,29 +242,35 @@ class BasicBlock(nn.Module):
   zero_init_last: bool
   conv: ModuleFactory
   norm: ModuleFactory
+  drop_block: Optional[ModuleFactory] = None
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, drop_rate: Any = 0.0) -> jnp.ndarray:
     """Applies the block.
 
     Args:
       x: [batch, height, width, in_channels].
+      drop_rate: DropBlock rate (used only with `drop_block`).
 
     Returns:
       [batch, ceil(height / strides), ceil(width / strides), features].
     """
+    drop = functools.partial(_maybe_drop_block, self.drop_block, drop_rate)
     residual = self.conv(self.features, 3, strides=self.strides,
                          name='conv1')(x)
     residual = nn.relu(self.norm(self.features, name='norm1')(residual))
+    residual = drop(residual, 'drop1')
     residual = self.conv(self.features, 3, name='conv2')(residual)
     residual = self.norm(self.features, name='norm2',
                          zero_init=self.zero_init_last)(residual)
+    residual = drop(residual, 'drop2')
 
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = ProjectionShortcut(
           self.features, self.strides, self.avg_pool_shortcut,
           conv=self.conv, norm=self.norm, name='shortcut')(x)
+      shortcut = drop(shortcut, 'drop_shortcut')
     return nn.relu(residual + shortcut)
 
 
@@ -272,6 +288,7 @@ class BottleneckBlock(nn.Module):
       scale zero, so the block starts as relu(shortcut).
     conv: Factory of conv layers (see `_conv`).
     norm: Factory of normalization layers (see `_norm`).
+    drop_block: Factory of `DropBlock` layers (see `BasicBlock`), or None.
   """
   features: int
   strides: int
@@ -280,17 +297,20 @@ class BottleneckBlock(nn.Module):
   zero_init_last: bool
   conv: ModuleFactory
   norm: ModuleFactory
+  drop_block: Optional[ModuleFactory] = None
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, drop_rate: Any = 0.0) -> jnp.ndarray:
     """Applies the block.
 
     Args:
       x: [batch, height, width, in_channels].
+      drop_rate: DropBlock rate (used only with `drop_block`).
 
     Returns:
       [batch, ceil(height / strides), ceil(width / strides), 4 * features].
     """
+    drop = functools.partial(_maybe_drop_block, self.drop_block, drop_rate)
     out_features = self.features * _BOTTLENECK_EXPANSION
     strides_1x1 = 1 if self.stride_on_3x3 else self.strides
     strides_3x3 = self.strides if self.stride_on_3x3 else 1
@@ -298,18 +318,22 @@ class BottleneckBlock(nn.Module):
     residual = self.conv(self.features, 1, strides=strides_1x1,
                          name='conv1')(x)
     residual = nn.relu(self.norm(self.features, name='norm1')(residual))
+    residual = drop(residual, 'drop1')
     residual = self.conv(self.features, 3, strides=strides_3x3,
                          name='conv2')(residual)
     residual = nn.relu(self.norm(self.features, name='norm2')(residual))
+    residual = drop(residual, 'drop2')
     residual = self.conv(out_features, 1, name='conv3')(residual)
     residual = self.norm(out_features, name='norm3',
                          zero_init=self.zero_init_last)(residual)
+    residual = drop(residual, 'drop3')
 
     shortcut = x
     if self.strides != 1 or x.shape[-1] != out_features:
       shortcut = ProjectionShortcut(
           out_features, self.strides, self.avg_pool_shortcut,
           conv=self.conv, norm=self.norm, name='shortcut')(x)
+      shortcut = drop(shortcut, 'drop_shortcut')
     return nn.relu(residual + shortcut)
 
 
@@ -351,6 +375,12 @@ class ResNet(nn.Module):
       Linear init (uniform in +-1/sqrt(fan_in)). 'xavier_uniform' (the
       paper's baseline): convs and classifier are uniform in [-a, a] with
       a = sqrt(6 / (fan_in + fan_out)). The classifier bias starts at zero.
+    drop_block_rate: Target DropBlock rate 1 - keep_prob (Ghiasi et al.
+      2018: 0.1); 0 disables DropBlock. The trainer may pass a scheduled rate
+      to `__call__`.
+    drop_block_size: DropBlock block side (paper: 7), capped per feature map.
+    drop_block_stages: 1-based stages whose blocks use DropBlock (paper: 3
+      and 4).
     dtype: Compute dtype of the convolutional trunk (e.g. bfloat16 for mixed
       precision). Pooling and classifier always run in float32.
     param_dtype: Dtype of the parameters.
@@ -367,6 +397,9 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   kernel_init: str = 'he_normal'
+  drop_block_rate: float = 0.0
+  drop_block_size: int = 7
+  drop_block_stages: Sequence[int] = (3, 4)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -384,6 +417,17 @@ class ResNet(nn.Module):
     if not self.width_multiplier > 0:
       raise ValueError('width_multiplier must be positive, got '
                        f'{self.width_multiplier}.')
+    if not 0.0 <= self.drop_block_rate < 1.0:
+      raise ValueError('drop_block_rate must be in [0, 1), got '
+                       f'{self.drop_block_rate}.')
+    if self.drop_block_size < 1:
+      raise ValueError('drop_block_size must be positive, got '
+                       f'{self.drop_block_size}.')
+    if self.drop_block_rate > 0 and any(
+        s not in range(1, len(self.stage_sizes) + 1)
+        for s in self.drop_block_stages):
+      raise ValueError(f'drop_block_stages={tuple(self.drop_block_stages)} '
+                       f'must name stages 1..{len(self.stage_sizes)}.')
     super().__post_init__()
 
   def _initializers(self) -> Tuple[Callable[..., Any], Callable[..., Any]]:
@@ -400,14 +444,19 @@ class ResNet(nn.Module):
     return he_normal_fan_out, torch_linear_default
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = True,
+               drop_block_rate: Any = None) -> jnp.ndarray:
     """Computes class logits.
 
     Args:
       x: Images [batch, height, width, channels].
       train: Whether BatchNorm uses batch statistics and updates its running
         averages (the 'batch_stats' collection must then be mutable) or uses
-        the running averages.
+        the running averages. DropBlock is active only in training (it then
+        needs a 'dropout' PRNG stream).
+      drop_block_rate: The DropBlock rate of this step (a float or traced
+        scalar, e.g. scheduled from 0 to `self.drop_block_rate`); None uses
+        `self.drop_block_rate`. Ignored when `self.drop_block_rate` is 0.
 
     Returns:
       Logits [batch, num_classes], always float32.
@@ -442,9 +491,18 @@ class ResNet(nn.Module):
       # bottom/right of an even input and shift every window by a pixel).
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
+    if drop_block_rate is None:
+      drop_block_rate = self.drop_block_rate
+    drop_block = None
+    if self.drop_block_rate > 0:
+      drop_block = functools.partial(DropBlock, block_size=self.drop_block_size,
+                                     deterministic=not train)
+
     # Stages.
     for stage_index, num_blocks in enumerate(self.stage_sizes):
       features = width(_BASE_WIDTH * 2**stage_index)
+      stage_drop_block = (drop_block if stage_index + 1 in self.drop_block_stages
+                          else None)
       for block_index in range(num_blocks):
         strides = 2 if stage_index > 0 and block_index == 0 else 1
         name = f'stage{stage_index + 1}_block{block_index + 1}'
@@ -455,11 +513,13 @@ class ResNet(nn.Module):
             zero_init_last=self.zero_init_last,
             conv=conv,
             norm=norm,
+            drop_block=stage_drop_block,
             name=name)
         if self.block == 'basic':
-          x = BasicBlock(**common)(x)
+          x = BasicBlock(**common)(x, drop_block_rate)
         else:
-          x = BottleneckBlock(stride_on_3x3=self.variant != 'v1', **common)(x)
+          x = BottleneckBlock(stride_on_3x3=self.variant != 'v1',
+                              **common)(x, drop_block_rate)
 
     # Head: pool and classify in float32 so low-precision training still gets
     # full-precision logits for the softmax/cross-entropy.

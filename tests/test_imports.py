@@ -6,6 +6,7 @@ import sys
 from conftest import REPO
 
 PURE_JAX = ["models", "bagtricks.optim", "bagtricks.precision", "bagtricks.losses",
+            "bagtricks.augment",
             "bagtricks.steps", "bagtricks.parallel", "bagtricks.state", "bagtricks.tasks"]
 
 

@@ -267,3 +267,58 @@ def test_cifar10_config_runs_two_steps_on_mock_data(tmp_path):
   assert summary["steps"] == 2
   assert summary["test_examples"] == 16
   assert 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_cli_distills_from_a_teacher_checkpoint(reference_run, digits_data_dir):
+  # The reference run (ResNet-18-D) teaches a different architecture (ResNet-18 v1).
+  workdir = os.path.join(reference_run["root"], "student")
+  code, out, err = _finish(_cli(
+      workdir, digits_data_dir, reference_run["cache"], "--config.model.name=resnet18",
+      "--config.num_epochs=1", "--config.distill.enabled=True",
+      f"--config.distill.teacher_workdir={reference_run['workdir']}"))
+  assert code == 0, err[-3000:]
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert summary["steps"] == TOTAL_STEPS // 3
+  # The soft term T²·CE(softmax(t/T), softmax(s/T)) with T = 20 dominates: ≈ ½·400·ln 10.
+  assert summary["train_loss"] > 100
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["distill"]["teacher_workdir"] == reference_run["workdir"]
+
+
+@pytest.mark.slow
+def test_teacher_that_does_not_fit_is_refused(reference_run, digits_data_dir, tmp_path):
+  config = tiny_config(digits_data_dir)
+  config.distill.enabled = True
+  config.distill.teacher_workdir = reference_run["workdir"]
+  # This file describes a ResNet-50-D: the saved ResNet-18-D weights do not fit it.
+  config.distill.teacher_config = os.path.join(REPO, "configs", "imagenet_resnet50d.py")
+  with pytest.raises(checkpoint.CheckpointError, match="does not fit the model"):
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("augment.mixup_alpha", -0.2, "config.augment.mixup_alpha=-0.2 must be in [0.0, inf]"),
+    ("augment.cutmix_prob", 1.5, "config.augment.cutmix_prob=1.5 must be in [0.0, 1.0]"),
+    ("augment.mix_off_epochs", 5.0, "config.augment.mix_off_epochs=5.0 must be below"),
+    ("augment.cutout.num_holes", -1, "config.augment.cutout.num_holes=-1"),
+    ("augment.gridmask.prob", 2.0, "config.augment.gridmask.prob=2.0 must be in [0.0, 1.0]"),
+    ("ema.decay", 1.0, "config.ema.decay=1.0 must be in [0, 1)"),
+    ("model.drop_block_rate", 1.2, "drop_block_rate must be in [0, 1)"),
+    ("distill.enabled", True, "config.distill.teacher_workdir is empty"),
+])
+def test_bad_refinement_config_is_refused_before_compiling(tmp_path, field, value, message):
+  test_bad_config_is_one_clear_error_before_compiling(tmp_path, field, value, message)
+
+
+def test_missing_teacher_names_the_field_and_the_fix(tmp_path):
+  config = tiny_config(str(tmp_path / "tfds"))
+  config.distill.enabled = True
+  config.distill.teacher_workdir = str(tmp_path / "no_teacher")
+  config.distill.temperature = 0.0
+  with pytest.raises(validate.ConfigError) as info:
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+  message = str(info.value)
+  assert "config.distill.temperature=0.0 must be > 0" in message
+  assert "holds no checkpoint: train the teacher first" in message
+  assert not os.path.exists(tmp_path / "work" / "checkpoints")

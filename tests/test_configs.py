@@ -1,0 +1,42 @@
+"""Every config file loads and validates; the ImageNet config carries the paper's full recipe."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from bagtricks import distill, validate
+from conftest import REPO
+
+CONFIG_FILES = sorted(os.path.splitext(os.path.basename(p))[0]
+                      for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                      if not p.endswith("__init__.py"))
+
+
+def _config(name):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def test_config_files_are_found():
+  assert {"default", "default_mixup", "default_distill", "imagenet_resnet50d",
+          "imagenet_resnet152d"} <= set(CONFIG_FILES)
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIG_FILES
+                                  if n not in ("imagenet_resnet50d", "default_distill")])
+def test_config_validates(name):
+  validate.validate_config(_config(name), num_local_devices=8)
+
+
+def test_imagenet_config_has_the_papers_full_set():
+  config = _config("imagenet_resnet50d")
+  assert config.model.name == "resnet50d" and config.label_smoothing == 0.1
+  assert config.augment.mixup_alpha == 0.2 and config.num_epochs == 200
+  assert config.distill.enabled and config.distill.temperature == 20.0
+  assert distill.teacher_config(config.distill).model.name == "resnet152d"
+  # Without a trained teacher the run stops at once and says what to do.
+  with pytest.raises(validate.ConfigError) as info:
+    validate.validate_config(config, num_local_devices=8)
+  problems = str(info.value).splitlines()[1:]
+  assert len(problems) == 1 and "train the teacher first" in problems[0]

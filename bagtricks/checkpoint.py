@@ -101,6 +101,11 @@ class Checkpointer:
       return None
     where, restored = found
     expected = _to_host_tree(template)
+    # A state field that holds nothing (no EMA, no BatchNorm) may be absent from checkpoints
+    # written before the field existed; it restores as empty.
+    for key, value in expected.items():
+      if key not in restored and not jax.tree_util.tree_leaves(value):
+        restored[key] = value
     problems = _mismatches(_describe(expected), _describe(restored))
     if problems:
       raise CheckpointError(

@@ -322,3 +322,19 @@ def test_missing_teacher_names_the_field_and_the_fix(tmp_path):
   assert "config.distill.temperature=0.0 must be > 0" in message
   assert "holds no checkpoint: train the teacher first" in message
   assert not os.path.exists(tmp_path / "work" / "checkpoints")
+
+
+def test_checkpoint_without_an_empty_state_field_still_restores(tmp_path):
+  # Written before TrainState had `ema`: with EMA off (ema = {}) it restores as before.
+  from bagtricks.state import TrainState
+  template = TrainState(step=np.int32(0), params={"w": np.ones(3, np.float32)}, batch_stats={},
+                        opt_state={}, rng=np.zeros(2, np.uint32))
+  old = {"step": np.int32(7), "params": {"w": np.full(3, 2.0, np.float32)}, "batch_stats": {},
+         "opt_state": {}, "rng": np.zeros(2, np.uint32)}
+  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
+  manager.save(7, args=ocp.args.StandardSave(old))
+  manager.wait_until_finished()
+  manager.close()
+  restored = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), 1, 1).restore(template)
+  assert int(restored.step) == 7 and restored.ema == {}
+  np.testing.assert_array_equal(restored.params["w"], 2.0)

@@ -20,10 +20,16 @@ class ConfigError(ValueError):
   """One or more config fields are invalid."""
 
 
-def _positive(config, field: str, problems: List[str], integer: bool = False) -> None:
+def _field(config, field: str):
+  """The value of a dotted config field such as ``'augment.gridmask.prob'``."""
   value = config
   for part in field.split("."):
     value = value[part]
+  return value
+
+
+def _positive(config, field: str, problems: List[str], integer: bool = False) -> None:
+  value = _field(config, field)
   if integer:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       problems.append(f"config.{field}={value!r} must be a positive integer.")
@@ -33,9 +39,7 @@ def _positive(config, field: str, problems: List[str], integer: bool = False) ->
 
 def _in_range(config, field: str, low: float, high: float, problems: List[str],
               high_inclusive: bool = True) -> None:
-  value = config
-  for part in field.split("."):
-    value = value[part]
+  value = _field(config, field)
   ok = isinstance(value, (int, float)) and low <= value and (
       value <= high if high_inclusive else value < high)
   if not ok:
@@ -47,7 +51,9 @@ def _check_augment(config, problems: List[str]) -> None:
   """``config.augment``: mixup/CutMix, Cutout and GridMask settings."""
   for field in ("augment.mixup_alpha", "augment.cutmix_alpha", "augment.mix_off_epochs",
                 "augment.gridmask.ramp_epochs"):
-    _in_range(config, field, 0.0, float("inf"), problems)
+    value = _field(config, field)
+    if not isinstance(value, (int, float)) or value < 0:
+      problems.append(f"config.{field}={value!r} must be >= 0 (0 = off).")
   for field in ("augment.cutmix_prob", "augment.gridmask.prob"):
     _in_range(config, field, 0.0, 1.0, problems)
   augment = config.augment

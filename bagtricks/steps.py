@@ -21,10 +21,11 @@ from bagtricks.state import TrainState
 Metrics = Dict[str, jnp.ndarray]
 
 
-def _variables(state: TrainState, params) -> dict:
+def _variables(params, batch_stats) -> dict:
+  # Models without BatchNorm have no 'batch_stats' collection to pass.
   variables = {"params": params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
   return variables
 
 
@@ -93,7 +94,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task,
 
     def loss_fn(params):
       logits, new_vars = model.apply(
-          _variables(state, params), images, train=True, mutable=["batch_stats"],
+          _variables(params, state.batch_stats), images, train=True, mutable=["batch_stats"],
           rngs={"dropout": dropout_rng}, **model_kwargs)
       logits = logits.astype(jnp.float32)
       loss = jnp.mean(task.train_loss(logits, targets, teacher_logits))
@@ -140,10 +141,10 @@ def make_eval_step(model: nn.Module, task, policy: precision.Policy,
 
   def eval_step(state: TrainState, batch: dict) -> Metrics:
     images = batch["image"].astype(policy.compute_dtype)
-    variables = dict(state.ema) if use_ema else _variables(state, state.params)
-    if not variables.get("batch_stats"):
-      variables.pop("batch_stats", None)
-    logits = model.apply(variables, images, train=False)
+    weights = state.ema if use_ema else {"params": state.params,
+                                         "batch_stats": state.batch_stats}
+    logits = model.apply(_variables(weights["params"], weights["batch_stats"]), images,
+                         train=False)
     return lax.psum(task.eval_sums(logits.astype(jnp.float32), batch), axis_name)
 
   return eval_step

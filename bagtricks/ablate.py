@@ -21,7 +21,7 @@ import time
 from typing import Dict, List, Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from bagtricks import checkpoint, data, train, validate
@@ -126,25 +126,7 @@ STEPS: Dict[str, tuple] = {
 
 
 class AblationError(ValueError):
-  """A bad step list or a workdir that holds another ablation's runs."""
-
-
-def _config_json(config) -> str:
-  return config.to_json_best_effort(indent=2)
-
-
-def run_or_reuse(config, workdir: str) -> Dict:
-  """``train_and_evaluate`` unless ``workdir`` already holds a finished run of ``config``."""
-  summary_path = os.path.join(workdir, "summary.json")
-  if os.path.exists(summary_path):
-    with open(os.path.join(workdir, "config.json")) as f:
-      if f.read() == _config_json(config):
-        logging.info("Reusing the finished run in %s.", workdir)
-        with open(summary_path) as g:
-          return json.load(g)
-    raise AblationError(f"{workdir} holds a finished run of another config; use a new "
-                        "--workdir or delete that folder.")
-  return train.train_and_evaluate(config, workdir)
+  """A bad step list."""
 
 
 def read_curves(workdir: str, steps_per_epoch: float) -> Dict[str, List]:
@@ -195,13 +177,13 @@ def run_ablation(config, step_names: Sequence[str], workdir: str, seeds: Sequenc
       if run_config.distill.enabled:
         teacher_dir = os.path.join(workdir, "teacher" + (f"_s{seed}" if len(seeds) > 1 else ""))
         if teacher_dir not in teacher_summaries:
-          teacher_summaries[teacher_dir] = run_or_reuse(
+          teacher_summaries[teacher_dir] = train.train_or_reuse(
               _teacher_config(run_config, teacher_model, teacher_width), teacher_dir)
         run_config.distill.teacher_workdir = teacher_dir
         run_config.distill.teacher_config = ""
       run_dir = os.path.join(workdir, f"{index:02d}_{name}" + (f"_s{seed}" if len(seeds) > 1
                                                                  else ""))
-      summary = run_or_reuse(run_config, run_dir)
+      summary = train.train_or_reuse(run_config, run_dir)
       steps_per_epoch = summary["steps"] / run_config.num_epochs
       runs.append({"summary": summary, "curves": read_curves(run_dir, steps_per_epoch)})
     accuracies = [100 * r["summary"]["test_accuracy"] for r in runs]
@@ -329,7 +311,7 @@ def main(argv):
   try:
     rows = run_ablation(config, _STEPS.value, workdir, seeds, _TEACHER_MODEL.value,
                         _TEACHER_WIDTH.value)
-  except (AblationError, validate.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
+  except (AblationError, train.WorkdirError, validate.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except train.Preempted as e:

@@ -1,4 +1,4 @@
-"""Input pipeline: any TFDS image dataset → device-shaped NumPy batches.
+"""Input pipeline: any TFDS image dataset, or a bundled table, → device-shaped NumPy batches.
 
 One path serves every dataset, from the bundled scikit-learn digits to ImageNet on a GCS
 bucket: ``tfds.builder(name, data_dir)`` → per-process split → per-epoch seeded shuffle →
@@ -14,6 +14,11 @@ the already-seen part of the current epoch before decoding, so its cost is bound
 
 Evaluation reads each process's share of the split once, in order, pads the last batch and
 marks padding with ``mask == 0``, so every example is counted exactly once.
+
+Tabular data (scikit-learn's iris, wine and breast_cancer) is small enough to live in memory:
+``load_tabular`` makes a stratified split by seed and standardizes the features with the train
+split's statistics; its batches have the same layout, with ``features`` ``[devices,
+per_device, num_features]`` in place of ``image``, and the same determinism and exact eval.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ Batch = Dict[str, np.ndarray]
 # then read through the same TFDS path as any catalog dataset.
 LOCAL_SOURCES = ("sklearn_digits",)
 _LOCAL_VERSION = "1.0.0"
+# scikit-learn's bundled tables, held in memory (see ``load_tabular``).
+TABULAR_SOURCES = ("sklearn_iris", "sklearn_wine", "sklearn_breast_cancer")
 
 
 class DataError(ValueError):
@@ -54,14 +61,17 @@ class DatasetInfo:
     num_train_examples: examples in the whole train split (all processes).
     num_eval_examples: examples in the whole eval split.
     steps_per_epoch: optimizer steps per epoch (the remainder of an epoch is dropped).
-    image_shape: ``(height, width, channels)`` of a preprocessed train image.
+    input_shape: one example's model input: ``(height, width, channels)`` of a preprocessed
+      image, or ``(num_features,)``.
+    input_key: the batch entry holding the model input, ``'image'`` or ``'features'``.
   """
   name: str
   num_classes: int
   num_train_examples: int
   num_eval_examples: int
   steps_per_epoch: int
-  image_shape: tuple
+  input_shape: tuple
+  input_key: str = "image"
 
 
 # ------------------------------------------------------------------------------------------
@@ -133,6 +143,75 @@ def prepare_sklearn_digits(data_dir: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# The bundled tables.
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularData:
+  """A split, standardized table held in memory (what ``get_builder`` returns for a table).
+
+  Attributes:
+    name: the source name, e.g. ``'sklearn_iris'``.
+    feature_names: one name per column.
+    class_names: one name per class.
+    splits: ``{'train': (features [n, d] float32, labels [n] int32), 'test': (...)}``; the
+      features are standardized with the train split's mean and std.
+    mean: ``[d]`` train mean, in the original units.
+    std: ``[d]`` train standard deviation (1 for a constant column).
+  """
+  name: str
+  feature_names: tuple
+  class_names: tuple
+  splits: dict
+  mean: np.ndarray
+  std: np.ndarray
+
+  @property
+  def num_features(self) -> int:
+    return len(self.feature_names)
+
+  def to_original_units(self, values: np.ndarray, feature: int) -> np.ndarray:
+    """Standardized values of column ``feature`` back in the data's own units."""
+    return np.asarray(values) * self.std[feature] + self.mean[feature]
+
+
+def load_tabular(name: str, test_fraction: float = 0.2, split_seed: int = 0) -> TabularData:
+  """One of scikit-learn's bundled tables with a stratified split and train-only scaling.
+
+  Args:
+    name: one of ``TABULAR_SOURCES``.
+    test_fraction: fraction of each class held out for test.
+    split_seed: the split's random state; the same seed always gives the same split.
+
+  Returns:
+    ``TabularData``; standardization x' = (x − mean_train) / std_train uses statistics of the
+    train split only, so nothing about the test split leaks into training.
+  """
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+  if name not in TABULAR_SOURCES:
+    raise DataError(f"config.dataset.name={name!r} is not a bundled table; use one of "
+                    f"{TABULAR_SOURCES}.")
+  bunch = getattr(datasets, "load_" + name[len("sklearn_"):])()
+  x = bunch.data.astype(np.float64)
+  y = bunch.target.astype(np.int32)
+  x_train, x_test, y_train, y_test = train_test_split(
+      x, y, test_size=test_fraction, stratify=y, random_state=split_seed)
+  mean = x_train.mean(axis=0)
+  std = x_train.std(axis=0)
+  std = np.where(std > 0, std, 1.0)
+
+  def scale(features):
+    return ((features - mean) / std).astype(np.float32)
+
+  return TabularData(
+      name=name, feature_names=tuple(str(f) for f in bunch.feature_names),
+      class_names=tuple(str(c) for c in bunch.target_names),
+      splits={"train": (scale(x_train), y_train), "test": (scale(x_test), y_test)},
+      mean=mean, std=std)
+
+
+# ------------------------------------------------------------------------------------------
 # Builders and split arithmetic.
 
 
@@ -151,12 +230,20 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
     dataset_config: ``config.dataset`` (reads ``name`` and ``data_dir``).
 
   Returns:
-    A prepared ``tfds.core.DatasetBuilder``.
+    A prepared ``tfds.core.DatasetBuilder``, or ``TabularData`` for a bundled table.
 
   Raises:
     DataError: the dataset is unknown or not prepared.
   """
   name = dataset_config.name
+  if name in TABULAR_SOURCES:
+    table = load_tabular(name, dataset_config.get("test_fraction", 0.2),
+                         dataset_config.get("split_seed", 0))
+    for split in (dataset_config.train_split, dataset_config.eval_split):
+      if split not in table.splits:
+        raise DataError(f"config.dataset split {split!r} does not exist in {name!r}; it has "
+                        f"{sorted(table.splits)}.")
+    return table
   data_dir = resolve_data_dir(dataset_config.data_dir)
   if name in LOCAL_SOURCES:
     prepare_sklearn_digits(data_dir)
@@ -184,10 +271,14 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
 
 
 def _num_examples(builder, split: str) -> int:
+  if isinstance(builder, TabularData):
+    return len(builder.splits[split][1])
   return builder.info.splits[split].num_examples
 
 
 def num_classes_of(builder) -> int:
+  if isinstance(builder, TabularData):
+    return len(builder.class_names)
   return builder.info.features["label"].num_classes
 
 
@@ -197,8 +288,11 @@ def per_process_batch_size(global_batch_size: int) -> int:
 
 def _steps_per_epoch(config, builder) -> int:
   # Every process reads an equal share of the train split; an epoch's remainder is dropped.
-  per_process_train = _num_examples(builder, tfds.split_for_jax_process(
-      config.dataset.train_split))
+  if isinstance(builder, TabularData):
+    per_process_train = _num_examples(builder, config.dataset.train_split) // jax.process_count()
+  else:
+    per_process_train = _num_examples(builder, tfds.split_for_jax_process(
+        config.dataset.train_split))
   steps = per_process_train // per_process_batch_size(config.batch_size)
   if steps < 1:
     raise DataError(
@@ -210,15 +304,19 @@ def _steps_per_epoch(config, builder) -> int:
 def dataset_info(config, builder) -> DatasetInfo:
   """Sizes and steps of the run's data (identical on every process)."""
   steps_per_epoch = _steps_per_epoch(config, builder)
-  size = config.dataset.image_size
-  image_shape = (size, size, config.dataset.channels)
+  if isinstance(builder, TabularData):
+    input_shape, input_key = (builder.num_features,), "features"
+  else:
+    size = config.dataset.image_size
+    input_shape, input_key = (size, size, config.dataset.channels), "image"
   return DatasetInfo(
       name=config.dataset.name,
       num_classes=num_classes_of(builder),
       num_train_examples=_num_examples(builder, config.dataset.train_split),
       num_eval_examples=_num_examples(builder, config.dataset.eval_split),
       steps_per_epoch=steps_per_epoch,
-      image_shape=image_shape,
+      input_shape=input_shape,
+      input_key=input_key,
   )
 
 
@@ -255,8 +353,11 @@ def train_batches(config, builder, start_step: int, num_devices: int) -> Iterato
 
   Yields:
     ``{'image': float32 [num_devices, per_device, H, W, C], 'label': int32 [num_devices,
-    per_device]}``.
+    per_device]}`` (``features`` ``[num_devices, per_device, num_features]`` for a table).
   """
+  if isinstance(builder, TabularData):
+    yield from _tabular_train_batches(config, builder, start_step, num_devices)
+    return
   dc = config.dataset
   split = tfds.split_for_jax_process(dc.train_split)
   batch = per_process_batch_size(config.batch_size)
@@ -291,6 +392,58 @@ def train_batches(config, builder, start_step: int, num_devices: int) -> Iterato
     yield _to_device_layout(b, num_devices)
 
 
+def _tabular_train_batches(config, table: TabularData, start_step: int,
+                           num_devices: int) -> Iterator[Batch]:
+  # Epoch e is a permutation seeded by (seed, e); process p takes the p-th equal slice of it.
+  features, labels = table.splits[config.dataset.train_split]
+  per_process = len(labels) // jax.process_count()
+  batch = per_process_batch_size(config.batch_size)
+  steps_per_epoch = per_process // batch
+  epoch, offset = divmod(start_step, steps_per_epoch)
+  first = jax.process_index() * per_process
+  while True:
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(labels))
+    mine = order[first:first + per_process]
+    for i in range(offset, steps_per_epoch):
+      idx = mine[i * batch:(i + 1) * batch]
+      yield _to_device_layout({"features": features[idx], "label": labels[idx]}, num_devices)
+    epoch, offset = epoch + 1, 0
+
+
+def eval_batches(config, builder, num_devices: int, split: str | None = None):
+  """Every example of ``split`` (default: the eval split) once, in device layout, masked.
+
+  ``EvalBatches`` for a TFDS dataset, ``TabularEvalBatches`` for a table.
+  """
+  if isinstance(builder, TabularData):
+    return TabularEvalBatches(config, builder, num_devices, split)
+  return EvalBatches(config, builder, num_devices, split)
+
+
+class TabularEvalBatches:
+  """This process's share of a table's split, every row once, padded and masked.
+
+  Iterating yields ``{'features', 'label', 'mask'}`` shaped ``[num_devices, per_device, ...]``.
+  """
+
+  def __init__(self, config, table: TabularData, num_devices: int, split: str | None = None):
+    self.batch_size = per_process_batch_size(config.eval_batch_size)
+    self.num_devices = num_devices
+    self._features, self._labels = table.splits[split or config.dataset.eval_split]
+    shards = np.array_split(np.arange(len(self._labels)), jax.process_count())
+    self._mine = shards[jax.process_index()]
+    self.num_batches = math.ceil(max(len(s) for s in shards) / self.batch_size)
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[Batch]:
+    for b in range(self.num_batches):
+      idx = self._mine[b * self.batch_size:(b + 1) * self.batch_size]
+      batch = {"features": self._features[idx], "label": self._labels[idx]}
+      yield _to_device_layout(_pad_batch(batch, self.batch_size), self.num_devices)
+
+
 def _eval_shard_sizes(builder, split: str) -> List[int]:
   return [_num_examples(builder, s) for s in tfds.even_splits(split, n=jax.process_count())]
 
@@ -305,19 +458,22 @@ class EvalBatches:
     config: the run config (reads ``eval_batch_size``, ``seed``, ``dataset.*``).
     builder: from ``get_builder``.
     num_devices: local devices.
+    split: the split to read (default ``config.dataset.eval_split``), preprocessed with
+      ``dataset.eval_pp``.
 
   Iterating yields ``{'image', 'label', 'mask'}`` batches shaped
   ``[num_devices, per_device, ...]``; ``mask`` is 1.0 for real examples and 0.0 for padding.
   """
 
-  def __init__(self, config, builder, num_devices: int):
+  def __init__(self, config, builder, num_devices: int, split: str | None = None):
     dc = config.dataset
+    split = split or dc.eval_split
     self.batch_size = per_process_batch_size(config.eval_batch_size)
     self.num_devices = num_devices
     self.image_shape = (dc.image_size, dc.image_size, dc.channels)
-    sizes = _eval_shard_sizes(builder, dc.eval_split)
+    sizes = _eval_shard_sizes(builder, split)
     self.num_batches = math.ceil(max(sizes) / self.batch_size)
-    split = tfds.even_splits(dc.eval_split, n=jax.process_count())[jax.process_index()]
+    split = tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
     decode = builder.info.features["image"].decode_example
     pp = preprocess.get_preprocess_fn(dc.eval_pp)
 

@@ -106,3 +106,23 @@ def distillation_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray,
       jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature, axis=-1)
   soft = softmax_cross_entropy(student_logits.astype(jnp.float32) / temperature, teacher_probs)
   return (1.0 - soft_weight) * hard + soft_weight * temperature**2 * soft
+
+
+def soft_tree_loss(path_probs: jnp.ndarray, leaf_log_probs: jnp.ndarray,
+                   targets: jnp.ndarray) -> jnp.ndarray:
+  """A soft decision tree's loss (Frosst & Hinton 2017): −Σ_ℓ P^ℓ(x) Σ_k T_k log Q^ℓ_k.
+
+  Each leaf's cross-entropy with the targets, weighted by the probability of reaching it — not
+  the cross-entropy of the path-weighted mixture — so that every leaf on a likely path is
+  pushed towards the targets and the single most probable leaf predicts well on its own.
+
+  Args:
+    path_probs: ``[batch, leaves]`` P^ℓ(x).
+    leaf_log_probs: ``[leaves, K]`` log Q^ℓ.
+    targets: ``[batch, K]`` target distributions T (one-hot, smoothed, or a teacher's soft
+      targets).
+
+  Returns:
+    ``[batch]``.
+  """
+  return -jnp.sum(path_probs * (targets @ leaf_log_probs.T), axis=-1)

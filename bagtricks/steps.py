@@ -17,6 +17,8 @@ from jax import lax
 from bagtricks import optim, precision
 from bagtricks.parallel import AXIS_NAME
 from bagtricks.state import TrainState
+from bagtricks.tasks import logits_of
+from models.forest import fixed_point_leaf_update
 
 Metrics = Dict[str, jnp.ndarray]
 
@@ -27,6 +29,12 @@ def _variables(params, batch_stats) -> dict:
   if batch_stats:
     variables["batch_stats"] = batch_stats
   return variables
+
+
+def _float32(outputs):
+  # Logits (or every floating array of a dict output) in float32 for the loss.
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, outputs)
 
 
 def step_rng(base_rng: jax.Array, step: jnp.ndarray, axis_name: str = AXIS_NAME) -> jax.Array:
@@ -44,7 +52,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task,
                     augment: Optional[Callable] = None,
                     teacher: Optional[nn.Module] = None,
                     drop_block_rate: Optional[optax.Schedule] = None,
-                    ema_decay: Optional[optax.Schedule] = None) -> Callable:
+                    ema_decay: Optional[optax.Schedule] = None,
+                    input_key: str = "image") -> Callable:
   """Builds ``train_step(state, batch[, teacher_variables]) -> (state, metrics)`` for one device.
 
   The step: targets from the task (label smoothing) → batch augmentations of images and targets
@@ -70,24 +79,27 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task,
     drop_block_rate: schedule of the model's DropBlock rate (passed as ``drop_block_rate=``);
       None when the model has no DropBlock.
     ema_decay: schedule of the weight-EMA decay; None when the state keeps no EMA.
+    input_key: the batch entry the model reads (``'image'``, or ``'features'`` for tables).
 
   Returns:
-    The per-device train step. ``batch`` holds ``image`` ``[per_device, H, W, C]`` and
-    ``label`` ``[per_device]``; ``metrics`` are scalars identical on every device.
+    The per-device train step. ``batch`` holds ``image`` ``[per_device, H, W, C]`` (or
+    ``features`` ``[per_device, num_features]``) and ``label`` ``[per_device]``; ``metrics``
+    are scalars identical on every device. The model may return logits or a dict of outputs
+    (``tasks.logits_of``); either goes to the task's loss as it is.
   """
 
   def train_step(state: TrainState, batch: dict, teacher_variables=None):
     augment_rng, dropout_rng = jax.random.split(step_rng(state.rng, state.step, axis_name))
     scale = precision.loss_scale_of(state.opt_state)
-    images = batch["image"]
+    images = batch[input_key]
     targets = task.train_targets(batch)
     if augment is not None:
       images, targets = augment(augment_rng, state.step, images, targets)
     images = images.astype(policy.compute_dtype)
     teacher_logits = None
     if teacher is not None:
-      teacher_logits = lax.stop_gradient(
-          teacher.apply(teacher_variables, images, train=False).astype(jnp.float32))
+      teacher_logits = lax.stop_gradient(logits_of(
+          teacher.apply(teacher_variables, images, train=False)).astype(jnp.float32))
     model_kwargs = {}
     if drop_block_rate is not None:
       model_kwargs["drop_block_rate"] = drop_block_rate(state.step)
@@ -96,7 +108,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task,
       logits, new_vars = model.apply(
           _variables(params, state.batch_stats), images, train=True, mutable=["batch_stats"],
           rngs={"dropout": dropout_rng}, **model_kwargs)
-      logits = logits.astype(jnp.float32)
+      logits = _float32(logits)
       loss = jnp.mean(task.train_loss(logits, targets, teacher_logits))
       return loss * scale, (loss, logits, new_vars)
 
@@ -130,8 +142,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task,
 
 
 def make_eval_step(model: nn.Module, task, policy: precision.Policy,
-                   axis_name: str = AXIS_NAME,
-                   use_ema: bool = False) -> Callable[[TrainState, dict], Metrics]:
+                   axis_name: str = AXIS_NAME, use_ema: bool = False,
+                   input_key: str = "image") -> Callable[[TrainState, dict], Metrics]:
   """Builds ``eval_step(state, batch) -> sums`` for one device.
 
   ``batch`` carries a ``mask`` (0 for padding); the returned masked sums are summed over
@@ -140,11 +152,36 @@ def make_eval_step(model: nn.Module, task, policy: precision.Policy,
   """
 
   def eval_step(state: TrainState, batch: dict) -> Metrics:
-    images = batch["image"].astype(policy.compute_dtype)
+    images = batch[input_key].astype(policy.compute_dtype)
     weights = state.ema if use_ema else {"params": state.params,
                                          "batch_stats": state.batch_stats}
-    logits = model.apply(_variables(weights["params"], weights["batch_stats"]), images,
-                         train=False)
-    return lax.psum(task.eval_sums(logits.astype(jnp.float32), batch), axis_name)
+    outputs = model.apply(_variables(weights["params"], weights["batch_stats"]), images,
+                          train=False)
+    return lax.psum(task.eval_sums(_float32(outputs), batch), axis_name)
 
   return eval_step
+
+
+def make_leaf_update_step(model: nn.Module, policy: precision.Policy, num_iterations: int,
+                          axis_name: str = AXIS_NAME,
+                          input_key: str = "image") -> Callable[[TrainState, dict], TrainState]:
+  """Builds ``leaf_update_step(state, batch) -> state`` for a fixed-point neural decision forest.
+
+  Routes ``batch`` (training examples, unaugmented, with a padding ``mask``) through the
+  current network, then replaces the leaf distributions π in ``state.batch_stats`` by
+  ``num_iterations`` of the paper's fixed-point update started from uniform
+  (``models.fixed_point_leaf_update``), summed over every device's examples. The parameters
+  and the optimizer state are not touched.
+  """
+
+  def leaf_update_step(state: TrainState, batch: dict) -> TrainState:
+    inputs = batch[input_key].astype(policy.compute_dtype)
+    routing = model.apply(_variables(state.params, state.batch_stats), inputs, train=False,
+                          method="routing").astype(jnp.float32)
+    leaves = state.batch_stats["leaf_distributions"]
+    uniform = jnp.full_like(leaves, 1.0 / leaves.shape[-1])
+    new_leaves = fixed_point_leaf_update(uniform, routing, batch["label"], batch["mask"],
+                                         num_iterations, axis_name)
+    return state.replace(batch_stats={**state.batch_stats, "leaf_distributions": new_leaves})
+
+  return leaf_update_step

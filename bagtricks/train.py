@@ -23,10 +23,10 @@ from clu import metric_writers
 
 import models
 from bagtricks import augment as augment_lib
-from bagtricks import checkpoint, data, distill, optim, precision, steps, validate
+from bagtricks import checkpoint, data, distill, explain, optim, precision, steps, tasks
+from bagtricks import validate
 from bagtricks.parallel import AXIS_NAME, DataParallel
 from bagtricks.state import init_train_state
-from bagtricks.tasks import ClassificationTask
 
 
 class _DropLibraryInfo(pylogging.Filter):
@@ -65,6 +65,28 @@ def select_devices(config) -> list:
 def build_model(config, num_classes: int, policy: precision.Policy):
   return models.create_model(config.model.name, num_classes=num_classes, axis_name=AXIS_NAME,
                              dtype=policy.compute_dtype, **validate.build_model_kwargs(config))
+
+
+def uses_leaf_update(config) -> bool:
+  """Whether the model is a neural decision forest whose leaves learn by the fixed point."""
+  return (config.model.name.lower() == "ndf"
+          and config.model.get("leaf_learning", "fixed_point") == "fixed_point")
+
+
+def leaf_update_batch(config, builder, num_devices: int) -> Dict[str, np.ndarray]:
+  """The training examples the forest's leaf update routes: unaugmented, padded, masked.
+
+  Up to ``config.forest.leaf_update_batches`` eval-sized batches of the train split (0 = the
+  whole split), concatenated into one ``[devices, examples, ...]`` batch.
+  """
+  limit = config.forest.leaf_update_batches
+  batches = []
+  for batch in data.eval_batches(config, builder, num_devices,
+                                 split=config.dataset.train_split):
+    batches.append(batch)
+    if limit and len(batches) >= limit:
+      break
+  return {k: np.concatenate([b[k] for b in batches], axis=1) for k in batches[0]}
 
 
 class _JsonlWriter(metric_writers.MetricWriter):
@@ -151,7 +173,8 @@ def evaluate(eval_step, dp: DataParallel, p_state, eval_data,
              prefix: str = "") -> Dict[str, float]:
   """Accuracy and cross-entropy over the whole eval split (padding masked out).
 
-  Keys are ``test_accuracy``, ``test_loss``, ``test_examples``, each after ``prefix``.
+  Keys are ``test_accuracy``, ``test_loss``, ``test_examples``, each after ``prefix``, and
+  ``test_accuracy_<head>`` for a model's other prediction heads (``tasks.prediction_heads``).
   """
   totals = None
   for batch in eval_data:
@@ -159,9 +182,12 @@ def evaluate(eval_step, dp: DataParallel, p_state, eval_data,
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   totals = dp.metrics_to_host(totals)
   count = max(totals["count"], 1.0)
-  return {prefix + "test_accuracy": totals["correct"] / count,
-          prefix + "test_loss": totals["loss"] / count,
-          prefix + "test_examples": int(totals["count"])}
+  results = {prefix + "test_loss": totals["loss"] / count,
+             prefix + "test_examples": int(totals["count"])}
+  # "correct" is the main prediction; "correct_<name>" another head of the same model.
+  results.update({prefix + "test_accuracy" + k[len("correct"):]: v / count
+                  for k, v in totals.items() if k.startswith("correct")})
+  return results
 
 
 def evaluate_all(eval_steps: Dict[str, Any], dp: DataParallel, p_state,
@@ -199,6 +225,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
   builder = data.get_builder(config.dataset)
   info = data.dataset_info(config, builder)
+  validate.validate_for_data(config, info)
   policy = precision.get_policy(config.precision)
   model = build_model(config, info.num_classes, policy)
   steps_per_epoch = info.steps_per_epoch
@@ -206,24 +233,22 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   schedule = optim.build_schedule(config, steps_per_epoch, config.batch_size)
   tx = precision.wrap_optimizer(optim.build_optimizer(config, schedule), policy,
                                 config.loss_scale.to_dict())
-  task = ClassificationTask(info.num_classes, config.label_smoothing,
-                            config.label_smoothing_mode, config.distill.temperature,
-                            config.distill.soft_weight)
+  task = tasks.task_from_config(config, info.num_classes)
   batch_augment = augment_lib.batch_augment_from_config(config.augment, steps_per_epoch,
                                                         total_steps)
   teacher, teacher_variables = None, None
   if config.distill.enabled:
     teacher, teacher_variables = distill.load_teacher(
-        config.distill, info.num_classes, info.image_shape, policy.compute_dtype)
+        config.distill, info.num_classes, info.input_shape, policy.compute_dtype)
   drop_block_rate = None
-  if config.model.drop_block_rate > 0:
+  if config.model.get("drop_block_rate", 0.0) > 0:
     # DropBlock paper: keep_prob decreases linearly from 1 to its target over training.
     drop_block_rate = optax.linear_schedule(0.0, config.model.drop_block_rate, total_steps)
   ema_decay = None
   if config.ema.decay > 0:
     ema_decay = optim.ema_decay_schedule(config.ema.decay, config.ema.warmup)
 
-  host_state = init_train_state(model, tx, info.image_shape, config.seed,
+  host_state = init_train_state(model, tx, info.input_shape, config.seed,
                                 ema=ema_decay is not None)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  config.checkpoint_every_steps, config.keep_checkpoints)
@@ -242,14 +267,26 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       steps.make_train_step(model, tx, task, policy, schedule,
                             augment=batch_augment if batch_augment.active else None,
                             teacher=teacher, drop_block_rate=drop_block_rate,
-                            ema_decay=ema_decay),
+                            ema_decay=ema_decay, input_key=info.input_key),
       donate_state=True, replicated_args=1 if teacher is not None else 0)
   # The teacher's variables are a step argument, not part of the (checkpointed) state.
   step_args = (dp.replicate(teacher_variables),) if teacher is not None else ()
-  eval_steps = {"": dp.compile(steps.make_eval_step(model, task, policy))}
+  eval_steps = {"": dp.compile(steps.make_eval_step(model, task, policy,
+                                                    input_key=info.input_key))}
   if ema_decay is not None:
-    eval_steps["ema_"] = dp.compile(steps.make_eval_step(model, task, policy, use_ema=True))
-  eval_data = data.EvalBatches(config, builder, dp.num_local_devices)
+    eval_steps["ema_"] = dp.compile(steps.make_eval_step(model, task, policy, use_ema=True,
+                                                         input_key=info.input_key))
+  eval_data = data.eval_batches(config, builder, dp.num_local_devices)
+  leaf_step = leaf_batch = None
+  if uses_leaf_update(config):
+    # Deep Neural Decision Forests: π is refit by the fixed point before the first step and
+    # after every epoch (before that step's checkpoint, so a resumed run has the same π).
+    leaf_step = dp.compile(steps.make_leaf_update_step(
+        model, policy, config.forest.leaf_iterations, input_key=info.input_key),
+        donate_state=True)
+    leaf_batch = dp.shard_batch(leaf_update_batch(config, builder, dp.num_local_devices))
+    if start_step == 0:
+      p_state = leaf_step(p_state, leaf_batch)
   train_iter = data.train_batches(config, builder, start_step, dp.num_local_devices)
 
   writer = _metric_writer(workdir, is_main)
@@ -273,6 +310,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       batch = dp.shard_batch(next(train_iter))
       p_state, metrics = train_step(p_state, batch, *step_args)
       step += 1
+      if leaf_step is not None and step % steps_per_epoch == 0:
+        p_state = leaf_step(p_state, leaf_batch)
       pending.append(metrics)
       if first_step_seconds is None:
         jax.block_until_ready(metrics)
@@ -323,6 +362,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   results = evaluate_all(eval_steps, dp, p_state, eval_data)
   ckpt.wait()
   ckpt.close()
+  report = {}
+  if is_main:
+    report = explain.write_model_report(config, dp.unreplicate(p_state.params), builder, info,
+                                        workdir)
   steps_run = step - start_step
   timed_steps = max(steps_run - 1, 0)
   timed_seconds = train_seconds - (first_step_seconds or 0.0)
@@ -331,7 +374,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       "test_accuracy": results["test_accuracy"],
       "test_loss": results["test_loss"],
       "test_examples": results["test_examples"],
-      **{k: v for k, v in results.items() if k in ("ema_test_accuracy", "ema_test_loss")},
+      **{k: v for k, v in results.items()
+         if k.startswith(("ema_test_", "test_accuracy_")) and k != "ema_test_examples"},
       "eval_split": config.dataset.eval_split,
       "steps": step,
       "steps_this_run": steps_run,
@@ -343,6 +387,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       "devices": dp.num_devices,
       "precision": config.precision,
       **metrics_summary,
+      **report,
   }
   writer.write_scalars(step, results)
   writer.flush()
@@ -351,6 +396,31 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
   return summary
+
+
+class WorkdirError(ValueError):
+  """The workdir already holds a finished run of a different config."""
+
+
+def train_or_reuse(config, workdir: str) -> Dict[str, Any]:
+  """``train_and_evaluate`` unless ``workdir`` already holds a finished run of ``config``.
+
+  Lets a command that trains many runs (an ablation, a comparison table) be rerun after an
+  interruption: finished runs are read back, an interrupted one resumes from its checkpoint.
+
+  Raises:
+    WorkdirError: ``workdir`` holds a finished run whose config differs.
+  """
+  summary_path = os.path.join(workdir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(os.path.join(workdir, "config.json")) as f:
+      if f.read() == config.to_json_best_effort(indent=2):
+        logging.info("Reusing the finished run in %s.", workdir)
+        with open(summary_path) as g:
+          return json.load(g)
+    raise WorkdirError(f"{workdir} holds a finished run of another config; use a new "
+                       "--workdir or delete that folder.")
+  return train_and_evaluate(config, workdir)
 
 
 def _mean_metrics(dp: DataParallel, pending: list) -> Dict[str, float]:

@@ -10,7 +10,7 @@ from typing import List
 
 import jax
 
-from bagtricks import distill, losses, optim, precision, preprocess
+from bagtricks import distill, losses, optim, precision, preprocess, tasks
 from bagtricks.parallel import BACKENDS
 
 import models
@@ -79,13 +79,88 @@ def _check_augment(config, problems: List[str]) -> None:
                       "integer >= 0 (degrees).")
 
 
-def build_model_kwargs(config) -> dict:
-  """``config.model`` minus its name: the keyword arguments of the model constructor.
+def _plain(value):
+  # Lists (as a config read back from JSON has them) become tuples, nested configs dicts.
+  if isinstance(value, list):
+    return tuple(value)
+  if hasattr(value, "items"):
+    return {k: _plain(v) for k, v in value.items()}
+  return value
 
-  Lists (as a config read back from JSON has them) become tuples.
+
+def build_model_kwargs(config) -> dict:
+  """``config.model`` minus its name: the keyword arguments of the model constructor."""
+  return {k: _plain(v) for k, v in config.model.items() if k != "name"}
+
+
+def _check_trees(config, problems: List[str]) -> None:
+  """``config.task`` and the tree and forest models' fields."""
+  task = config.get("task", "classification")
+  name = config.model.name.lower()
+  if task not in tasks.TASKS:
+    problems.append(f"config.task={task!r} is unknown; use one of {tasks.TASKS}.")
+  elif task == "soft_tree" and name != "sdt":
+    problems.append(f"config.task='soft_tree' needs config.model.name='sdt' (got {name!r}); "
+                    "use task='classification' for other models.")
+  if name == "dndt":
+    _positive(config, "model.num_cut", problems, integer=True)
+    _positive(config, "model.num_trees", problems, integer=True)
+    _positive(config, "model.temperature", problems)
+  elif name == "sdt":
+    _positive(config, "model.depth", problems, integer=True)
+    if config.model.get("penalty_strength", 0.0) < 0:
+      problems.append(f"config.model.penalty_strength={config.model.penalty_strength} must be "
+                      ">= 0 (0 = no balancing penalty).")
+  elif name == "ndf":
+    _positive(config, "model.depth", problems, integer=True)
+    _positive(config, "model.num_trees", problems, integer=True)
+    leaf_learning = config.model.get("leaf_learning", "fixed_point")
+    if leaf_learning not in models.forest.LEAF_LEARNING:
+      problems.append(f"config.model.leaf_learning={leaf_learning!r} is unknown; use one of "
+                      f"{models.forest.LEAF_LEARNING}.")
+    elif leaf_learning == "fixed_point":
+      if "forest" not in config:
+        problems.append("config.forest is missing: a fixed-point forest needs "
+                        "config.forest.leaf_iterations (paper: 20) and "
+                        "config.forest.leaf_update_batches (0 = the whole train split).")
+      else:
+        _positive(config, "forest.leaf_iterations", problems, integer=True)
+        batches = config.forest.leaf_update_batches
+        if not isinstance(batches, int) or batches < 0:
+          problems.append(f"config.forest.leaf_update_batches={batches!r} must be an integer "
+                          ">= 0 (0 = the whole train split).")
+    trunk = config.model.get("trunk", None)
+    if trunk is not None and trunk.get("name", "").lower() not in models.MODEL_NAMES:
+      problems.append(f"config.model.trunk.name={trunk.get('name')!r} is unknown; use one of "
+                      f"{tuple(n for n in models.MODEL_NAMES if n != 'ndf')}.")
+
+
+def validate_for_data(config, info) -> None:
+  """Checks that need the dataset's shape: raises ``ConfigError`` before anything compiles.
+
+  A table cannot take image augmentations; a DNDT must stay within its leaf limit on this
+  many features; a forest needs at least one decision unit per decision node.
   """
-  return {k: tuple(v) if isinstance(v, list) else v
-          for k, v in config.model.items() if k != "name"}
+  problems: List[str] = []
+  if info.input_key != "image":
+    active = [f for f in ("augment.mixup_alpha", "augment.cutmix_alpha",
+                          "augment.cutout.num_holes", "augment.gridmask.prob")
+              if _field(config, f)]
+    if active:
+      problems.append(f"config.dataset.name={info.name!r} is a table; image augmentations "
+                      f"{['config.' + f for f in active]} must be 0.")
+  name = config.model.name.lower()
+  try:
+    if name == "dndt":
+      models.create_model("dndt", num_classes=info.num_classes,
+                          **build_model_kwargs(config)).check_size(info.input_shape[-1])
+    elif name == "ndf":
+      models.decision_unit_subsets(config.model.num_decision_units, config.model.num_trees,
+                                   config.model.depth, config.model.get("feature_seed", 0))
+  except ValueError as e:
+    problems.append(f"config.model: {e}")
+  if problems:
+    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
 
 def validate_config(config, num_local_devices: int) -> None:
@@ -151,7 +226,11 @@ def validate_config(config, num_local_devices: int) -> None:
     problems.append(f"config.ema.decay={config.ema.decay} must be in [0, 1) (0 = no EMA; "
                     "e.g. 0.9999 for ImageNet-length runs).")
   problems.extend(distill.config_problems(config))
+  _check_trees(config, problems)
 
+  test_fraction = config.dataset.get("test_fraction", 0.2)
+  if not 0.0 < test_fraction < 1.0:
+    problems.append(f"config.dataset.test_fraction={test_fraction} must be in (0, 1).")
   for field in ("train_pp", "eval_pp"):
     try:
       preprocess.get_preprocess_fn(config.dataset[field])

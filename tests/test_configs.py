@@ -20,13 +20,26 @@ def _config(name):
 
 def test_config_files_are_found():
   assert {"default", "default_mixup", "default_distill", "imagenet_resnet50d",
-          "imagenet_resnet152d"} <= set(CONFIG_FILES)
+          "imagenet_resnet152d", "dndt_iris", "dndt_breast_cancer", "dndt_wine", "sdt_digits",
+          "sdt_distill_digits", "ndf_digits", "ndf_tabular"} <= set(CONFIG_FILES)
 
 
-@pytest.mark.parametrize("name", [n for n in CONFIG_FILES
-                                  if n not in ("imagenet_resnet50d", "default_distill")])
+# These distill from a trained run (runs/default, or the ImageNet teacher).
+NEEDS_A_TEACHER = ("imagenet_resnet50d", "default_distill", "sdt_distill_digits")
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIG_FILES if n not in NEEDS_A_TEACHER])
 def test_config_validates(name):
   validate.validate_config(_config(name), num_local_devices=8)
+
+
+@pytest.mark.parametrize("name", ["default_distill", "sdt_distill_digits"])
+def test_distill_configs_name_their_teacher(name, tmp_path):
+  config = _config(name)
+  assert config.distill.teacher_workdir == "runs/default"
+  config.distill.teacher_workdir = str(tmp_path / "none")
+  with pytest.raises(validate.ConfigError, match="train the teacher first"):
+    validate.validate_config(config, num_local_devices=8)
 
 
 def test_imagenet_config_has_the_papers_full_set():

@@ -155,20 +155,13 @@ def markdown_tables(dndt: List[Dict], sdt: List[Dict], ndf: List[Dict],
   return "\n".join(out) + "\n"
 
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/trees", "Where the runs and tables go.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"],
-                           "Seeds of the tabular and soft-tree runs.")
-_IMAGE_SEEDS = flags.DEFINE_list("image_seeds", ["0", "1"],
-                                 "Seeds of the ResNet-18-D runs (about 100 s each here).")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   train.configure_logging()
-  workdir = _WORKDIR.value
-  seeds = [int(s) for s in _SEEDS.value]
-  image_seeds = [int(s) for s in _IMAGE_SEEDS.value]
+  workdir = flags.FLAGS.workdir
+  seeds = [int(s) for s in flags.FLAGS.seeds]
+  image_seeds = [int(s) for s in flags.FLAGS.image_seeds]
   start = time.time()
   try:
     dndt = dndt_rows(workdir, seeds)
@@ -187,5 +180,16 @@ def main(argv):
   print(f"Wrote {workdir}/trees.md and trees.json in {time.time() - start:.0f} s.", flush=True)
 
 
+def define_flags() -> None:
+  # Defined only when run as a command, so importing this module next to another command's
+  # module (both have --workdir) does not clash.
+  flags.DEFINE_string("workdir", "runs/trees", "Where the runs and tables go.")
+  flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"],
+                    "Seeds of the tabular and soft-tree runs.")
+  flags.DEFINE_list("image_seeds", ["0", "1"],
+                    "Seeds of the ResNet-18-D runs (about 100 s each here).")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

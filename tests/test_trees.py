@@ -50,6 +50,9 @@ def test_kronecker_leaves_match_numpy_kron():
     np.testing.assert_allclose(got[b], np.kron(np.kron(bins[b, 0], bins[b, 1]), bins[b, 2]),
                                rtol=1e-6)
   np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+  # The model's form: one matmul of the log bins with the leaf-bin incidence matrix.
+  log_form = np.exp(trees.log_kronecker_leaves(jnp.log(jnp.asarray(bins))))
+  np.testing.assert_allclose(log_form, got, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("ensemble", ["average", "vote"])
@@ -337,3 +340,31 @@ def test_tabular_batches_have_device_layout_and_eval_counts_every_row_once():
   labels = np.concatenate([b["label"].ravel() for b in batches])
   assert mask.sum() == 30
   np.testing.assert_array_equal(labels[mask > 0], table.splits["test"][1])
+
+
+def test_bad_tree_configs_name_the_field():
+  from configs import ndf_tabular, sdt_digits
+  config = dndt_iris.get_config()
+  config.task = "soft_tree"
+  with pytest.raises(validate.ConfigError, match="config.task='soft_tree' needs"):
+    validate.validate_config(config, num_local_devices=8)
+  config = ndf_tabular.get_config()
+  config.model.leaf_learning = "magic"
+  config.model.trunk.name = "resnet7"
+  with pytest.raises(validate.ConfigError) as error:
+    validate.validate_config(config, num_local_devices=8)
+  assert "config.model.leaf_learning='magic'" in str(error.value)
+  assert "config.model.trunk.name='resnet7'" in str(error.value)
+  config = sdt_digits.get_config()
+  config.model.depth = 0
+  with pytest.raises(validate.ConfigError, match="config.model.depth=0"):
+    validate.validate_config(config, num_local_devices=8)
+  # Checks that need the data: too few decision units, image augmentations on a table.
+  config = ndf_tabular.get_config()
+  config.model.num_decision_units = 10
+  config.augment.mixup_alpha = 0.2
+  info = data.dataset_info(config, data.get_builder(config.dataset))
+  with pytest.raises(validate.ConfigError) as error:
+    validate.validate_for_data(config, info)
+  assert "num_decision_units=10 is below the 15 decision nodes" in str(error.value)
+  assert "['config.augment.mixup_alpha'] must be 0" in str(error.value)

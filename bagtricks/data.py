@@ -253,7 +253,7 @@ def get_builder(dataset_config) -> tfds.core.DatasetBuilder:
     raise DataError(
         f"config.dataset.name={name!r}: no such TFDS dataset under data_dir={data_dir!r} "
         f"({type(e).__name__}). Use a TFDS catalog name or one of the bundled sources "
-        f"{LOCAL_SOURCES}.") from e
+        f"{LOCAL_SOURCES + TABULAR_SOURCES}.") from e
   if not builder.is_prepared():
     raise DataError(
         f"config.dataset.name={name!r} is not prepared under config.dataset.data_dir="

@@ -71,6 +71,9 @@ def test_rescaling_preserves_the_sum_and_eval_is_identity():
   np.testing.assert_array_equal(np.asarray(_apply(x, 0.2, 3, deterministic=True)),
                                 np.asarray(x))
   np.testing.assert_array_equal(np.asarray(_apply(x, 0.0, 3)), np.asarray(x))
+  # A traced rate of 0 (the start of the schedule inside a jitted step) is exact too.
+  np.testing.assert_array_equal(np.asarray(jax.jit(lambda r: _apply(x, r, 3))(0.0)),
+                                np.asarray(x))
 
 
 def test_resnet_drop_block_in_stages_3_and_4_only():
@@ -96,9 +99,11 @@ def test_resnet_drop_block_in_stages_3_and_4_only():
 
   reference, _ = jax.jit(lambda v: plain.apply(v, x, train=True, mutable=["batch_stats"]))(
       variables)
-  # At rate 0 (the start of its schedule) it changes nothing; later it does.
+  # At rate 0 (the start of its schedule) it changes nothing; later it does. Each layer is
+  # exact at rate 0 (above); the two networks are compiled as different programs, whose
+  # float32 sums XLA may fuse and order differently, hence a tolerance of a few ulps of 1.
   logits, dropped = train_logits(0.0)
-  np.testing.assert_allclose(np.asarray(logits), np.asarray(reference), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(reference), rtol=1e-5, atol=1e-5)
   logits, dropped = train_logits(0.3)
   assert not np.allclose(np.asarray(logits), np.asarray(reference))
   # The DropBlock layers sit in the blocks of stages 3 and 4 only.

@@ -25,7 +25,11 @@ setuptools.setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["bagtricks", "bagtricks.*", "models", "models.*"]),
+    # The configs are packaged too: the commands load them from any directory, also after a
+    # non-editable install.
+    packages=setuptools.find_packages(include=["bagtricks", "bagtricks.*", "models", "models.*",
+                                               "configs", "configs.*"]),
+    entry_points={"console_scripts": ["bagtricks-train = bagtricks.main:run"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest>=8", "matplotlib>=3.8"]},
 )

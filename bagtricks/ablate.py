@@ -24,9 +24,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+import configs
 from bagtricks import checkpoint, data, train, validate
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ImageNet top-1 (%) of the paper's ResNet-50 for the steps it reports: the efficient-training
 # baseline (Table 3), then the refinements stacked on ResNet-50-D (Table 6; mixup there is
@@ -282,7 +281,7 @@ def plot_curves(rows: List[Dict], path: str) -> None:
 
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_REPO, "configs", "default.py"),
+    "config", configs.config_path("default"),
     "Starting config; fields overridable as --config.field=value.", lock_config=True)
 _STEPS = flags.DEFINE_list(
     "steps", "baseline,resnet_d,cosine,label_smoothing,distill,mixup",

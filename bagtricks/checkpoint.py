@@ -114,16 +114,18 @@ class Checkpointer:
     return flax.serialization.from_state_dict(template, restored)
 
   def restore_variables(self, template: dict) -> dict:
-    """The model variables (``params``, ``batch_stats``) of the latest checkpoint.
+    """The model variables (and task state) of the latest checkpoint.
 
     Used to load a trained model (e.g. a distillation teacher) whatever optimizer trained it.
 
     Args:
-      template: ``{'params': ..., 'batch_stats': ...}`` of arrays or ``jax.ShapeDtypeStruct``
-        (e.g. from ``jax.eval_shape`` of the model's init).
+      template: the state fields to read, e.g. ``{'params': ..., 'batch_stats': ...,
+        'task_state': ...}``, of arrays or ``jax.ShapeDtypeStruct`` (e.g. from
+        ``jax.eval_shape`` of the model's init); a field that holds nothing may be absent
+        from the checkpoint.
 
     Returns:
-      The variables, host NumPy arrays in the structure of ``template``.
+      The fields, host NumPy arrays in the structure of ``template``.
 
     Raises:
       CheckpointError: there is no checkpoint, it is damaged, or the model does not fit it.
@@ -134,10 +136,7 @@ class Checkpointer:
     if found is None:
       raise CheckpointError(f"No checkpoint in {self.directory}: train the model there first.")
     where, restored = found
-    variables = {"params": restored.get("params", {}),
-                 "batch_stats": restored.get("batch_stats", {})}
-    template = {"params": template.get("params", {}),
-                "batch_stats": template.get("batch_stats", {})}
+    variables = {key: restored.get(key, {}) for key in template}
     problems = _mismatches(_describe(template), _describe(variables))
     if problems:
       raise CheckpointError(f"Checkpoint {where} does not fit the model: "

@@ -2,9 +2,13 @@
 
 ``config.distill`` names the teacher by its run: ``teacher_workdir`` holds its checkpoints, and
 its config is ``teacher_config`` (a ``get_config()`` file) or, when that is empty, the
-``config.json`` every run writes into its workdir. The teacher may be any architecture; it must
-have been trained on the same classes and image shape. Only its variables (``params`` and
-``batch_stats``) are loaded, so its optimizer or precision do not matter.
+``config.json`` every run writes into its workdir. The teacher may be any architecture whose
+task predicts classes (a ``class_logits`` method); it must have been trained on the same
+classes and input shape. Only its variables (``params``, ``batch_stats`` and its task state,
+e.g. a forest's leaves) are loaded, so its optimizer or precision do not matter.
+
+``TeacherHook`` runs the teacher inside the train step, on the augmented batch, and puts its
+logits into the batch as ``teacher_logits`` for the task's loss.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from typing import Any, List, Tuple
+from typing import Any, List
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax import lax
 
 import models
-from bagtricks import checkpoint
+from bagtricks import checkpoint, tasks
+from bagtricks.steps import StepHook
+from bagtricks.tasks.base import model_inputs
 
 
 def _load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -75,40 +82,78 @@ def config_problems(config) -> List[str]:
     problems.append(f"config.distill.teacher_config could not be loaded ({type(e).__name__}: "
                     f"{e}).")
     return problems
-  if name not in models.MODEL_NAMES:
-    problems.append(f"the teacher's model.name={name!r} is unknown; use one of "
-                    f"{models.MODEL_NAMES}.")
+  try:
+    models.get_spec(name)
+  except ValueError as e:
+    problems.append(f"the teacher's {str(e)[len('config.'):]}")
   return problems
 
 
-def load_teacher(distill_config, num_classes: int, input_shape: Tuple[int, int, int],
-                 dtype: Any = jnp.float32):
-  """Builds the teacher model and restores its weights.
+class TeacherHook(StepHook):
+  """Adds ``teacher_logits`` ``[batch, K]`` (float32, no gradient) to the training batch.
+
+  Runs the teacher with ``train=False`` on the batch as the augmentations left it, so the
+  student is distilled on the very images it sees.
+
+  Args:
+    model: the teacher's Flax module.
+    task: the teacher's task (its ``input_keys`` and ``class_logits``).
+    dtype: the compute dtype of the teacher's forward pass.
+    variables: ``{'variables': {'params', 'batch_stats'}, 'task_state': ...}`` host arrays,
+      passed to the step as this hook's variables.
+  """
+
+  def __init__(self, model, task, dtype, variables):
+    self.model = model
+    self.task = task
+    self.dtype = dtype
+    self._variables = variables
+
+  def variables(self):
+    return self._variables
+
+  def prepare_batch(self, batch, step, rng, variables):
+    del step, rng
+    args, kwargs = model_inputs(self.task, batch, self.dtype)
+    model_variables = {k: v for k, v in variables["variables"].items() if v}
+    outputs = self.model.apply(model_variables, *args, train=False, **kwargs)
+    outputs = jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        outputs)
+    logits = self.task.class_logits(outputs, variables["task_state"])
+    return {**batch, "teacher_logits": lax.stop_gradient(logits)}
+
+
+def load_teacher(distill_config, dataset_info, dtype: Any = jnp.float32) -> TeacherHook:
+  """Builds the teacher model and its task and restores its weights and task state.
 
   Args:
     distill_config: ``config.distill``.
-    num_classes: the student's number of classes (the teacher's head must match).
-    input_shape: ``(height, width, channels)``.
+    dataset_info: the student's dataset (the teacher's head must match its classes).
     dtype: compute dtype for the teacher's forward pass.
 
   Returns:
-    ``(model, variables)``: the Flax module (to be run with ``train=False``) and its host
-    variables.
+    The ``TeacherHook``.
 
   Raises:
     checkpoint.CheckpointError: the teacher's checkpoint does not fit its model.
   """
-  from bagtricks.validate import build_model_kwargs  # validate imports this module.
   config = teacher_config(distill_config)
-  model = models.create_model(config.model.name, num_classes=num_classes, dtype=dtype,
-                              **build_model_kwargs(config))
+  task = tasks.create_task(config, dataset_info)
+  model = models.create_model_from_config(config, dataset_info, num_outputs=task.num_outputs,
+                                          dtype=dtype)
+  example = dataset_info.example_batch()
+  args, kwargs = model_inputs(task, example, jnp.float32)
   template = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(input_shape)),
-                         train=False))
+      lambda: {**model.init(jax.random.PRNGKey(0), *args, train=False, **kwargs),
+               "task_state": task.init_state(jax.random.PRNGKey(0), example)})
   reader = checkpoint.Checkpointer(
       os.path.join(distill_config.teacher_workdir, "checkpoints"), read_only=True)
   try:
-    variables = reader.restore_variables(dict(template))
+    restored = reader.restore_variables(dict(template))
   finally:
     reader.close()
-  return model, variables
+  variables = {"variables": {"params": restored["params"],
+                             "batch_stats": restored.get("batch_stats", {})},
+               "task_state": restored.get("task_state", {})}
+  return TeacherHook(model, task, dtype, variables)

@@ -40,9 +40,26 @@ def linear_scaled_lr(base_lr: float, global_batch_size: int, base_batch_size: in
   return base_lr * global_batch_size / base_batch_size
 
 
-def _linear_warmup(peak_lr: float, warmup_steps: int, step: jnp.ndarray) -> jnp.ndarray:
-  # Paper §3.1: lr_i = i·η/m for the first m batches, starting at 0.
-  return peak_lr * step / max(warmup_steps, 1)
+def linear_warmup_schedule(peak_lr: float, warmup_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 (Bag of Tricks §3.1): lr_i = i·η/m for the first m batches.
+
+  Written as the paper's formula rather than ``optax.linear_schedule(0, η, m)``, which
+  computes η − η·(1 − i/m): the same values in exact arithmetic, but float32 rounds the two
+  differently at about half the warm-up steps, and keeping i·η/m keeps the results of runs
+  made before these schedules were joined with optax bit-identical.
+
+  Args:
+    peak_lr: η, reached at step m.
+    warmup_steps: m (0 for none).
+
+  Returns:
+    An ``optax.Schedule`` (meant for steps < m; it keeps rising beyond).
+  """
+
+  def schedule(step):
+    return peak_lr * jnp.asarray(step, jnp.float32) / max(warmup_steps, 1)
+
+  return schedule
 
 
 def warmup_cosine_schedule(base_lr: float, warmup_steps: int, total_steps: int,
@@ -52,6 +69,8 @@ def warmup_cosine_schedule(base_lr: float, warmup_steps: int, total_steps: int,
   For step i < m (m = ``warmup_steps``): η_i = i·η/m.
   Afterwards, with t = i − m and T = total_steps − m:
   η_t = final_lr + ½(1 + cos(π·t/T))·(η − final_lr); η_t = final_lr for t ≥ T.
+  ``linear_warmup_schedule`` and ``optax.cosine_decay_schedule`` joined at m with
+  ``optax.join_schedules``.
 
   Args:
     base_lr: peak learning rate η (already linearly scaled to the batch size).
@@ -64,15 +83,10 @@ def warmup_cosine_schedule(base_lr: float, warmup_steps: int, total_steps: int,
   """
   if total_steps <= warmup_steps:
     raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps}).")
-  decay_steps = total_steps - warmup_steps
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    t = jnp.clip(step - warmup_steps, 0.0, decay_steps)
-    cosine = final_lr + 0.5 * (1.0 + jnp.cos(jnp.pi * t / decay_steps)) * (base_lr - final_lr)
-    return jnp.where(step < warmup_steps, _linear_warmup(base_lr, warmup_steps, step), cosine)
-
-  return schedule
+  cosine = optax.cosine_decay_schedule(base_lr, total_steps - warmup_steps,
+                                       alpha=final_lr / base_lr if base_lr else 0.0)
+  return optax.join_schedules([linear_warmup_schedule(base_lr, warmup_steps), cosine],
+                              [warmup_steps])
 
 
 def warmup_step_schedule(base_lr: float, warmup_steps: int, boundaries: Sequence[int],
@@ -80,7 +94,8 @@ def warmup_step_schedule(base_lr: float, warmup_steps: int, boundaries: Sequence
   """Linear warm-up from 0, then step decay (the paper's baseline schedule, §2.1).
 
   η_i = i·η/m for i < m; afterwards η·factor^k where k is the number of ``boundaries`` ≤ i
-  (the paper divides by 10 at epochs 30, 60 and 90).
+  (the paper divides by 10 at epochs 30, 60 and 90): ``linear_warmup_schedule`` joined with
+  ``optax.piecewise_constant_schedule``.
 
   Args:
     base_lr: peak learning rate η.
@@ -91,26 +106,20 @@ def warmup_step_schedule(base_lr: float, warmup_steps: int, boundaries: Sequence
   Returns:
     An ``optax.Schedule``.
   """
-  boundaries = jnp.asarray(sorted(boundaries), jnp.float32)
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    num_decays = jnp.sum(step >= boundaries)
-    decayed = base_lr * decay_factor ** num_decays
-    return jnp.where(step < warmup_steps, _linear_warmup(base_lr, warmup_steps, step), decayed)
-
-  return schedule
+  # Boundaries are counted from the end of the warm-up; one repeated k times decays k times.
+  scales = {}
+  for boundary in boundaries:
+    scales[int(boundary) - warmup_steps] = scales.get(int(boundary) - warmup_steps,
+                                                      1.0) * decay_factor
+  decayed = optax.piecewise_constant_schedule(base_lr, scales)
+  return optax.join_schedules([linear_warmup_schedule(base_lr, warmup_steps), decayed],
+                              [warmup_steps])
 
 
 def warmup_constant_schedule(base_lr: float, warmup_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 to ``base_lr``, then constant."""
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    return jnp.where(step < warmup_steps, _linear_warmup(base_lr, warmup_steps, step),
-                     jnp.asarray(base_lr, jnp.float32))
-
-  return schedule
+  return optax.join_schedules([linear_warmup_schedule(base_lr, warmup_steps),
+                               optax.constant_schedule(base_lr)], [warmup_steps])
 
 
 def _path_name(entry: Any) -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Dict
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from bagtricks.tasks.base import model_inputs
 
 
 @flax.struct.dataclass
@@ -20,10 +22,12 @@ class TrainState:
     step: optimizer steps taken (int32 scalar).
     params: float32 master parameters.
     batch_stats: BatchNorm running statistics (empty for GroupNorm models).
+    task_state: the task's own non-trainable state (``Task.init_state``: running statistics,
+      centers, fitted distributions, ...), ``{}`` for tasks without one.
     opt_state: optimizer state (including the dynamic loss scale under fp16).
     rng: base PRNG key; per-step, per-device keys are folded from it.
-    ema: exponential moving average of the weights, ``{'params', 'batch_stats'}``, or ``{}``
-      when the run keeps none.
+    ema: exponential moving average of the weights, ``{'params', 'batch_stats'}`` (and
+      ``'task_state'`` when the task asks for it), or ``{}`` when the run keeps none.
   """
   step: jnp.ndarray
   params: Any
@@ -31,57 +35,71 @@ class TrainState:
   opt_state: Any
   rng: jnp.ndarray
   ema: Any = flax.struct.field(default_factory=dict)
+  task_state: Any = flax.struct.field(default_factory=dict)
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jnp.ndarray,
-                       input_shape: tuple, ema: bool = False) -> TrainState:
-  """Initializes parameters, BatchNorm statistics and optimizer state.
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, task,
+                       rng: jnp.ndarray, example_batch: Dict[str, Any],
+                       ema: bool = False) -> TrainState:
+  """Initializes parameters, BatchNorm statistics, task state and optimizer state.
 
   Args:
-    model: a Flax module called as ``model(x, train=...)``.
+    model: a Flax module called as ``model(*inputs, train=...)``.
     tx: the full optimizer (already wrapped for loss scaling if any).
+    task: the run's task (its ``input_keys`` pick the model inputs from ``example_batch``;
+      its ``init_state`` gives the task state).
     rng: PRNG key.
-    input_shape: ``(height, width, channels)`` of one example.
+    example_batch: one batch of zeros with the dataset's entries, shapes and dtypes
+      (``DatasetInfo.example_batch()``).
     ema: keep an exponential moving average of the weights (it starts equal to them).
 
   Returns:
     A ``TrainState`` at step 0.
   """
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1,) + tuple(input_shape), jnp.float32),
-                         train=False)
+  args, kwargs = model_inputs(task, example_batch, jnp.float32)
+  variables = model.init(init_rng, *args, train=False, **kwargs)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
+  task_state = task.init_state(jax.random.fold_in(rng, 1), example_batch)
+  ema_state = {}
+  if ema:
+    ema_state = {"params": params, "batch_stats": batch_stats}
+    if task.ema_task_state:
+      ema_state["task_state"] = task_state
   return TrainState(
       step=jnp.zeros([], jnp.int32),
       params=params,
       batch_stats=batch_stats,
       opt_state=tx.init(params),
       rng=state_rng,
-      ema={"params": params, "batch_stats": batch_stats} if ema else {})
+      ema=ema_state,
+      task_state=task_state)
 
 
-def init_train_state(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple,
-                     seed: int, ema: bool = False) -> TrainState:
+def init_train_state(model: nn.Module, tx: optax.GradientTransformation, task,
+                     example_batch: Dict[str, Any], seed: int,
+                     ema: bool = False) -> TrainState:
   """``create_train_state`` compiled once and fetched to the host (NumPy leaves).
 
   Initialization runs once per run, so it is compiled without XLA's backend optimizations:
-  on CPU that cuts its compile time several-fold (about 15 s to 3 s for a ResNet-18) while
-  drawing the same random bits. Run op by op instead, a ResNet's initializers cost each a
+  on CPU that cuts its compile time several-fold (about 15 s to 3 s for the default model)
+  while drawing the same random bits. Run op by op instead, a deep network's initializers cost each a
   separate compile and the whole init takes longer still.
 
   Args:
     model: the Flax module.
     tx: the full optimizer.
-    input_shape: ``(height, width, channels)`` of one example.
+    task: the run's task.
+    example_batch: one batch of zeros with the dataset's entries.
     seed: PRNG seed.
     ema: keep an exponential moving average of the weights.
 
   Returns:
     A ``TrainState`` of host arrays.
   """
-  init = jax.jit(functools.partial(create_train_state, model, tx, input_shape=input_shape,
-                                   ema=ema))
+  init = jax.jit(functools.partial(create_train_state, model, tx, task,
+                                   example_batch=example_batch, ema=ema))
   key = jax.random.PRNGKey(seed)
   compiled = init.lower(key).compile(compiler_options={"xla_backend_optimization_level": 0})
   return jax.device_get(compiled(key))

@@ -1,12 +1,17 @@
-"""The train and eval steps, written once, for one device's share of the batch.
+"""The train, eval and refit steps, written once, for one device's share of the batch.
 
-Cross-device work is expressed with ``axis_name`` collectives only, so ``parallel.py`` can run
-the same function under ``jax.pmap`` or ``jax.jit(jax.shard_map(...))``.
+Every kind of problem runs through these steps: the model is a Flax module, the task
+(``bagtricks.tasks``) turns its outputs into a loss, metrics and new task state, and a short
+list of ``StepHook``s adds what a config switches on (batch augmentations, a distillation
+teacher, scheduled model arguments, the weight EMA, reported
+schedules). Cross-device work is expressed with ``axis_name`` collectives only, so
+``parallel.py`` can run the same function under ``jax.pmap`` or
+``jax.jit(jax.shard_map(...))``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -14,13 +19,43 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from bagtricks import optim, precision
+from bagtricks import precision
 from bagtricks.parallel import AXIS_NAME
 from bagtricks.state import TrainState
-from bagtricks.tasks import logits_of
-from models.forest import fixed_point_leaf_update
+from bagtricks.tasks.base import model_inputs
 
 Metrics = Dict[str, jnp.ndarray]
+Batch = Dict[str, jnp.ndarray]
+
+
+class StepHook:
+  """Something the train step does besides forward, backward and update; all no-ops here.
+
+  A hook may (in this order within a step): change the training batch before the forward
+  pass (``prepare_batch``), pass keyword arguments to the model (``model_kwargs``), change the
+  state after the update (``update_state``) and report scalars (``metrics``). Arrays it needs
+  that are not part of the train state (a teacher's weights) are its ``variables()``: host
+  arrays the loop places on the devices once and passes to every step.
+  """
+
+  def variables(self) -> Any:
+    return ()
+
+  def prepare_batch(self, batch: Batch, step: jnp.ndarray, rng: jax.Array,
+                    variables: Any) -> Batch:
+    del step, rng, variables
+    return batch
+
+  def model_kwargs(self, step: jnp.ndarray) -> Dict[str, Any]:
+    del step
+    return {}
+
+  def update_state(self, state: TrainState) -> TrainState:
+    return state
+
+  def metrics(self, step: jnp.ndarray) -> Metrics:
+    del step
+    return {}
 
 
 def _variables(params, batch_stats) -> dict:
@@ -40,148 +75,132 @@ def _float32(outputs):
 def step_rng(base_rng: jax.Array, step: jnp.ndarray, axis_name: str = AXIS_NAME) -> jax.Array:
   """The PRNG key of one device at one step: the step, then the device index, folded in.
 
-  Every step and every device draw different augmentations and DropBlock masks, and a resumed
+  Every step and every device draw different augmentations and dropout masks, and a resumed
   run draws the same ones as an uninterrupted run.
   """
   return jax.random.fold_in(jax.random.fold_in(base_rng, step), lax.axis_index(axis_name))
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task,
-                    policy: precision.Policy, learning_rate: optax.Schedule,
-                    axis_name: str = AXIS_NAME, *,
-                    augment: Optional[Callable] = None,
-                    teacher: Optional[nn.Module] = None,
-                    drop_block_rate: Optional[optax.Schedule] = None,
-                    ema_decay: Optional[optax.Schedule] = None,
-                    input_key: str = "image") -> Callable:
-  """Builds ``train_step(state, batch[, teacher_variables]) -> (state, metrics)`` for one device.
+def _keep_if_finite(finite, new, old):
+  return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
 
-  The step: targets from the task (label smoothing) → batch augmentations of images and targets
-  (``augment``) → the teacher's logits on the augmented images, without gradients (when
-  distilling) → forward and backward in ``policy.compute_dtype`` on float32 master params (Flax
-  casts them per layer; logits and loss are float32) → gradients averaged over ``axis_name`` →
-  optimizer → EMA of the weights. The loss is multiplied by the dynamic loss scale when the
-  optimizer has one; if the gradients are not finite the optimizer skips the update
-  (``precision.dynamic_loss_scale``) and the BatchNorm statistics of that step are discarded
-  too, so nothing in the state can turn NaN.
+
+def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
+                    policy: precision.Policy, hooks: Sequence[StepHook] = (),
+                    axis_name: str = AXIS_NAME) -> Callable:
+  """Builds ``train_step(state, batch, hook_variables=()) -> (state, metrics)`` for one device.
+
+  The step: ``task.prepare_train_batch`` (e.g. label-smoothed targets) → every hook's
+  ``prepare_batch`` (augmentations, a teacher's logits) → forward and backward in
+  ``policy.compute_dtype`` on float32 master params (Flax casts them per layer; outputs and
+  loss are float32), with the hooks' ``model_kwargs`` → ``task.loss`` (loss, new task state,
+  metrics) → gradients averaged over ``axis_name`` → optimizer → hooks' ``update_state``
+  (the weight EMA). The loss is multiplied by the dynamic loss scale when the optimizer has
+  one; if the gradients are not finite the optimizer skips the update
+  (``precision.dynamic_loss_scale``), the BatchNorm statistics of that step are discarded,
+  and so is the new task state when the task asks for it
+  (``task.revert_state_on_skipped_step``), so nothing in the state can turn NaN.
 
   Args:
-    model: Flax module, called as ``model(x, train=True)`` with BatchNorm stats mutable.
+    model: Flax module, called as ``model(*inputs, train=True, **hook_kwargs)`` with
+      ``batch_stats`` mutable and a ``dropout`` PRNG stream.
+    task: a ``tasks.Task``.
     tx: optimizer (wrapped by ``precision.wrap_optimizer``).
-    task: ``tasks.ClassificationTask``-like object.
     policy: dtype policy.
-    learning_rate: the schedule, only to report the learning rate of each step.
+    hooks: ``StepHook``s, run in order.
     axis_name: the device axis for collectives.
-    augment: ``fn(rng, step, images, targets) -> (images, targets)``, e.g.
-      ``augment.BatchAugment``; None for none.
-    teacher: a Flax module whose logits the task distills from; the step then takes the
-      teacher's variables as a third argument and runs it with ``train=False``.
-    drop_block_rate: schedule of the model's DropBlock rate (passed as ``drop_block_rate=``);
-      None when the model has no DropBlock.
-    ema_decay: schedule of the weight-EMA decay; None when the state keeps no EMA.
-    input_key: the batch entry the model reads (``'image'``, or ``'features'`` for tables).
 
   Returns:
-    The per-device train step. ``batch`` holds ``image`` ``[per_device, H, W, C]`` (or
-    ``features`` ``[per_device, num_features]``) and ``label`` ``[per_device]``; ``metrics``
-    are scalars identical on every device. The model may return logits or a dict of outputs
-    (``tasks.logits_of``); either goes to the task's loss as it is.
+    The per-device train step. ``batch`` holds the dataset's entries shaped
+    ``[per_device, ...]``; ``hook_variables`` is ``tuple(h.variables() for h in hooks)``;
+    ``metrics`` are scalars identical on every device.
   """
 
-  def train_step(state: TrainState, batch: dict, teacher_variables=None):
-    augment_rng, dropout_rng = jax.random.split(step_rng(state.rng, state.step, axis_name))
+  def train_step(state: TrainState, batch: dict, hook_variables=()):
+    key = step_rng(state.rng, state.step, axis_name)
+    augment_rng, dropout_rng = jax.random.split(key)
+    task_rng = jax.random.fold_in(key, 1)
     scale = precision.loss_scale_of(state.opt_state)
-    images = batch[input_key]
-    targets = task.train_targets(batch)
-    if augment is not None:
-      images, targets = augment(augment_rng, state.step, images, targets)
-    images = images.astype(policy.compute_dtype)
-    teacher_logits = None
-    if teacher is not None:
-      teacher_logits = lax.stop_gradient(logits_of(
-          teacher.apply(teacher_variables, images, train=False)).astype(jnp.float32))
+    batch = task.prepare_train_batch(batch)
+    variables = tuple(hook_variables) or ((),) * len(hooks)
     model_kwargs = {}
-    if drop_block_rate is not None:
-      model_kwargs["drop_block_rate"] = drop_block_rate(state.step)
+    for hook, hook_vars in zip(hooks, variables):
+      batch = hook.prepare_batch(batch, state.step, augment_rng, hook_vars)
+      model_kwargs.update(hook.model_kwargs(state.step))
+    args, kwargs = model_inputs(task, batch, policy.compute_dtype)
 
     def loss_fn(params):
-      logits, new_vars = model.apply(
-          _variables(params, state.batch_stats), images, train=True, mutable=["batch_stats"],
-          rngs={"dropout": dropout_rng}, **model_kwargs)
-      logits = _float32(logits)
-      loss = jnp.mean(task.train_loss(logits, targets, teacher_logits))
-      return loss * scale, (loss, logits, new_vars)
+      outputs, new_vars = model.apply(
+          _variables(params, state.batch_stats), *args, train=True, mutable=["batch_stats"],
+          rngs={"dropout": dropout_rng}, **kwargs, **model_kwargs)
+      loss, task_state, metrics = task.loss(_float32(outputs), batch, state.task_state,
+                                            task_rng, axis_name)
+      return loss * scale, (loss, task_state, metrics, new_vars)
 
-    grads, (loss, logits, new_vars) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (loss, task_state, metrics, new_vars) = jax.grad(loss_fn, has_aux=True)(
+        state.params)
     grads = lax.pmean(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     batch_stats = new_vars.get("batch_stats", state.batch_stats)
     if policy.loss_scaling:
       finite = precision.all_finite(grads)
-      batch_stats = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old),
-                                           batch_stats, state.batch_stats)
-    ema = state.ema
-    if ema_decay is not None:
-      ema = optim.update_ema(ema, {"params": params, "batch_stats": batch_stats},
-                             ema_decay(state.step))
+      batch_stats = _keep_if_finite(finite, batch_stats, state.batch_stats)
+      if task.revert_state_on_skipped_step:
+        task_state = _keep_if_finite(finite, task_state, state.task_state)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, ema=ema)
-    metrics = {"loss": loss, **task.train_metrics(logits, targets)}
-    metrics = lax.pmean(metrics, axis_name)
+                              opt_state=opt_state, task_state=task_state)
+    for hook in hooks:
+      new_state = hook.update_state(new_state)
+    metrics = lax.pmean({"loss": loss, **metrics}, axis_name)
     metrics.update(
-        learning_rate=jnp.asarray(learning_rate(state.step), jnp.float32),
         grad_norm=optax.global_norm(grads) / scale,
         loss_scale=scale,
         skipped_steps=precision.skipped_steps_of(opt_state))
-    if drop_block_rate is not None:
-      metrics["drop_block_rate"] = jnp.asarray(model_kwargs["drop_block_rate"], jnp.float32)
+    for hook in hooks:
+      metrics.update(hook.metrics(state.step))
     return new_state, metrics
 
   return train_step
 
 
 def make_eval_step(model: nn.Module, task, policy: precision.Policy,
-                   axis_name: str = AXIS_NAME, use_ema: bool = False,
-                   input_key: str = "image") -> Callable[[TrainState, dict], Metrics]:
+                   axis_name: str = AXIS_NAME,
+                   use_ema: bool = False) -> Callable[[TrainState, dict], Metrics]:
   """Builds ``eval_step(state, batch) -> sums`` for one device.
 
-  ``batch`` carries a ``mask`` (0 for padding); the returned masked sums are summed over
-  devices, so the caller divides by ``count`` once at the end. With ``use_ema`` the model runs
-  on the EMA weights (``state.ema``) instead of the raw ones.
+  ``batch`` carries a ``mask`` (0 for padding); the task's masked sums are summed over
+  devices, so the caller divides once at the end (``task.summary``). With ``use_ema`` the
+  model runs on the EMA weights (``state.ema``), and on the EMA of the task state when the
+  EMA keeps one.
   """
 
   def eval_step(state: TrainState, batch: dict) -> Metrics:
-    images = batch[input_key].astype(policy.compute_dtype)
+    args, kwargs = model_inputs(task, batch, policy.compute_dtype)
     weights = state.ema if use_ema else {"params": state.params,
                                          "batch_stats": state.batch_stats}
-    outputs = model.apply(_variables(weights["params"], weights["batch_stats"]), images,
-                          train=False)
-    return lax.psum(task.eval_sums(_float32(outputs), batch), axis_name)
+    task_state = weights.get("task_state", state.task_state)
+    outputs = model.apply(_variables(weights["params"], weights["batch_stats"]), *args,
+                          train=False, **kwargs)
+    return lax.psum(task.eval_sums(_float32(outputs), batch, task_state), axis_name)
 
   return eval_step
 
 
-def make_leaf_update_step(model: nn.Module, policy: precision.Policy, num_iterations: int,
-                          axis_name: str = AXIS_NAME,
-                          input_key: str = "image") -> Callable[[TrainState, dict], TrainState]:
-  """Builds ``leaf_update_step(state, batch) -> state`` for a fixed-point neural decision forest.
+def make_refit_step(model: nn.Module, task, policy: precision.Policy,
+                    axis_name: str = AXIS_NAME) -> Callable[[TrainState, dict], TrainState]:
+  """Builds ``refit_step(state, batch) -> state`` for a task that declares a ``refit``.
 
-  Routes ``batch`` (training examples, unaugmented, with a padding ``mask``) through the
-  current network, then replaces the leaf distributions π in ``state.batch_stats`` by
-  ``num_iterations`` of the paper's fixed-point update started from uniform
-  (``models.fixed_point_leaf_update``), summed over every device's examples. The parameters
-  and the optimizer state are not touched.
+  Runs the model with ``train=False`` on ``batch`` (training examples, unaugmented, with a
+  padding ``mask``) and replaces the task state by ``task.refit_state(outputs, batch, ...)``;
+  the parameters and the optimizer state are not touched.
   """
 
-  def leaf_update_step(state: TrainState, batch: dict) -> TrainState:
-    inputs = batch[input_key].astype(policy.compute_dtype)
-    routing = model.apply(_variables(state.params, state.batch_stats), inputs, train=False,
-                          method="routing").astype(jnp.float32)
-    leaves = state.batch_stats["leaf_distributions"]
-    uniform = jnp.full_like(leaves, 1.0 / leaves.shape[-1])
-    new_leaves = fixed_point_leaf_update(uniform, routing, batch["label"], batch["mask"],
-                                         num_iterations, axis_name)
-    return state.replace(batch_stats={**state.batch_stats, "leaf_distributions": new_leaves})
+  def refit_step(state: TrainState, batch: dict) -> TrainState:
+    args, kwargs = model_inputs(task, batch, policy.compute_dtype)
+    outputs = model.apply(_variables(state.params, state.batch_stats), *args, train=False,
+                          **kwargs)
+    return state.replace(task_state=task.refit_state(_float32(outputs), batch,
+                                                     state.task_state, axis_name))
 
-  return leaf_update_step
+  return refit_step

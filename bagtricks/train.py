@@ -3,6 +3,11 @@
 init (or restore) → data-parallel train steps with progress lines → periodic evaluation →
 metrics (TensorBoard events and ``metrics.jsonl``) → Orbax checkpoints (every K steps, at the
 end, and on SIGTERM) → ``summary.json``.
+
+The loop names no model, task or dataset: the data source (``data.get_source``), the model
+(``models.create_model_from_config`` and its ``ModelSpec``), the task (``tasks.create_task``)
+and the step hooks (``hooks.build_step_hooks``) all come from the config, and what is specific
+to one of them (a task's between-epoch refit, a model's end-of-run report) is declared by it.
 """
 
 from __future__ import annotations
@@ -17,13 +22,11 @@ from typing import Any, Dict
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers
 
 import models
-from bagtricks import augment as augment_lib
-from bagtricks import checkpoint, data, distill, explain, optim, precision, steps, tasks
+from bagtricks import checkpoint, data, distill, hooks, optim, precision, steps, tasks
 from bagtricks import validate
 from bagtricks.parallel import AXIS_NAME, DataParallel
 from bagtricks.state import init_train_state
@@ -62,29 +65,16 @@ def select_devices(config) -> list:
   return jax.local_devices()[:config.num_devices] if config.num_devices else jax.local_devices()
 
 
-def build_model(config, num_classes: int, policy: precision.Policy):
-  return models.create_model(config.model.name, num_classes=num_classes, axis_name=AXIS_NAME,
-                             dtype=policy.compute_dtype, **validate.build_model_kwargs(config))
+def refit_batch(source, split: str, max_batches: int, num_devices: int) -> Dict[str, np.ndarray]:
+  """The training examples a task's refit routes: unaugmented, padded, masked.
 
-
-def uses_leaf_update(config) -> bool:
-  """Whether the model is a neural decision forest whose leaves learn by the fixed point."""
-  return (config.model.name.lower() == "ndf"
-          and config.model.get("leaf_learning", "fixed_point") == "fixed_point")
-
-
-def leaf_update_batch(config, builder, num_devices: int) -> Dict[str, np.ndarray]:
-  """The training examples the forest's leaf update routes: unaugmented, padded, masked.
-
-  Up to ``config.forest.leaf_update_batches`` eval-sized batches of the train split (0 = the
-  whole split), concatenated into one ``[devices, examples, ...]`` batch.
+  Up to ``max_batches`` eval-sized batches of ``split`` (0 = the whole split), concatenated
+  into one ``[devices, examples, ...]`` batch.
   """
-  limit = config.forest.leaf_update_batches
   batches = []
-  for batch in data.eval_batches(config, builder, num_devices,
-                                 split=config.dataset.train_split):
+  for batch in source.eval_batches(num_devices, split=split):
     batches.append(batch)
-    if limit and len(batches) >= limit:
+    if max_batches and len(batches) >= max_batches:
       break
   return {k: np.concatenate([b[k] for b in batches], axis=1) for k in batches[0]}
 
@@ -92,7 +82,10 @@ def leaf_update_batch(config, builder, num_devices: int) -> Dict[str, np.ndarray
 class _JsonlWriter(metric_writers.MetricWriter):
   """Appends one JSON object per line to ``metrics.jsonl`` (easy to read with pandas or jq).
 
-  Only scalars are recorded; images, texts and the like go to TensorBoard alone.
+  A writer of our own because clu ships none that writes a plain-text file: its writers are
+  TensorBoard (``SummaryWriter``), logging and in-memory ones. The ablation runner and users
+  read the curves from this file without TensorFlow. Only scalars are recorded; images, texts
+  and the like go to TensorBoard alone.
   """
 
   def __init__(self, path: str):
@@ -169,34 +162,34 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def evaluate(eval_step, dp: DataParallel, p_state, eval_data,
+def evaluate(eval_step, dp: DataParallel, p_state, eval_data, task,
              prefix: str = "") -> Dict[str, float]:
-  """Accuracy and cross-entropy over the whole eval split (padding masked out).
+  """The task's results over the whole eval split (padding masked out).
 
-  Keys are ``test_accuracy``, ``test_loss``, ``test_examples``, each after ``prefix``, and
-  ``test_accuracy_<head>`` for a model's other prediction heads (``tasks.prediction_heads``).
+  Keys are ``test_<name>`` for every entry of ``task.summary`` (``test_accuracy``,
+  ``test_loss``, ``test_examples``, ... for classification), each after ``prefix``.
   """
   totals = None
   for batch in eval_data:
     sums = eval_step(p_state, dp.shard_batch(batch))
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   totals = dp.metrics_to_host(totals)
-  count = max(totals["count"], 1.0)
-  results = {prefix + "test_loss": totals["loss"] / count,
-             prefix + "test_examples": int(totals["count"])}
-  # "correct" is the main prediction; "correct_<name>" another head of the same model.
-  results.update({prefix + "test_accuracy" + k[len("correct"):]: v / count
-                  for k, v in totals.items() if k.startswith("correct")})
-  return results
+  return {f"{prefix}test_{k}": v for k, v in task.summary(totals).items()}
 
 
-def evaluate_all(eval_steps: Dict[str, Any], dp: DataParallel, p_state,
-                 eval_data) -> Dict[str, float]:
+def evaluate_all(eval_steps: Dict[str, Any], dp: DataParallel, p_state, eval_data,
+                 task) -> Dict[str, float]:
   """``evaluate`` for each weight set (raw, and ``ema_`` when the run keeps an EMA)."""
   results = {}
   for prefix, eval_step in eval_steps.items():
-    results.update(evaluate(eval_step, dp, p_state, eval_data, prefix))
+    results.update(evaluate(eval_step, dp, p_state, eval_data, task, prefix))
   return results
+
+
+def _results_line(results: Dict[str, float]) -> str:
+  # "test accuracy 0.9833, test loss 0.0612, ema_test accuracy ..." without the example count.
+  return ", ".join(f"{k.replace('test_', 'test ', 1)} {v:.4f}" for k, v in results.items()
+                   if not k.endswith("test_examples"))
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
@@ -223,33 +216,30 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
 
-  builder = data.get_builder(config.dataset)
-  info = data.dataset_info(config, builder)
-  validate.validate_for_data(config, info)
+  source = data.get_source(config)
+  info = source.info()
+  task = tasks.create_task(config, info)
+  validate.validate_for_data(config, info, task)
   policy = precision.get_policy(config.precision)
-  model = build_model(config, info.num_classes, policy)
+  model_spec = models.get_spec(config.model.name)
+  model = models.create_model_from_config(config, info, num_outputs=task.num_outputs,
+                                          dtype=policy.compute_dtype, axis_name=AXIS_NAME)
   steps_per_epoch = info.steps_per_epoch
   total_steps = int(round(config.num_epochs * steps_per_epoch))
   schedule = optim.build_schedule(config, steps_per_epoch, config.batch_size)
   tx = precision.wrap_optimizer(optim.build_optimizer(config, schedule), policy,
                                 config.loss_scale.to_dict())
-  task = tasks.task_from_config(config, info.num_classes)
-  batch_augment = augment_lib.batch_augment_from_config(config.augment, steps_per_epoch,
-                                                        total_steps)
-  teacher, teacher_variables = None, None
+  teacher = None
   if config.distill.enabled:
-    teacher, teacher_variables = distill.load_teacher(
-        config.distill, info.num_classes, info.input_shape, policy.compute_dtype)
-  drop_block_rate = None
-  if config.model.get("drop_block_rate", 0.0) > 0:
-    # DropBlock paper: keep_prob decreases linearly from 1 to its target over training.
-    drop_block_rate = optax.linear_schedule(0.0, config.model.drop_block_rate, total_steps)
-  ema_decay = None
-  if config.ema.decay > 0:
-    ema_decay = optim.ema_decay_schedule(config.ema.decay, config.ema.warmup)
+    teacher = distill.load_teacher(config.distill, info, policy.compute_dtype)
+  step_hooks = hooks.build_step_hooks(
+      config, task, model_spec.step_kwargs(models.registry.model_kwargs(config.model),
+                                           total_steps),
+      schedule, steps_per_epoch, total_steps, teacher=teacher)
+  use_ema = config.ema.decay > 0
 
-  host_state = init_train_state(model, tx, info.input_shape, config.seed,
-                                ema=ema_decay is not None)
+  host_state = init_train_state(model, tx, task, info.example_batch(), config.seed,
+                                ema=use_ema)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  config.checkpoint_every_steps, config.keep_checkpoints)
   restored = ckpt.restore(host_state)
@@ -263,31 +253,30 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
   dp = DataParallel(config.parallel, devices)
   p_state = dp.replicate(host_state)
-  train_step = dp.compile(
-      steps.make_train_step(model, tx, task, policy, schedule,
-                            augment=batch_augment if batch_augment.active else None,
-                            teacher=teacher, drop_block_rate=drop_block_rate,
-                            ema_decay=ema_decay, input_key=info.input_key),
-      donate_state=True, replicated_args=1 if teacher is not None else 0)
-  # The teacher's variables are a step argument, not part of the (checkpointed) state.
-  step_args = (dp.replicate(teacher_variables),) if teacher is not None else ()
-  eval_steps = {"": dp.compile(steps.make_eval_step(model, task, policy,
-                                                    input_key=info.input_key))}
-  if ema_decay is not None:
-    eval_steps["ema_"] = dp.compile(steps.make_eval_step(model, task, policy, use_ema=True,
-                                                         input_key=info.input_key))
-  eval_data = data.eval_batches(config, builder, dp.num_local_devices)
-  leaf_step = leaf_batch = None
-  if uses_leaf_update(config):
-    # Deep Neural Decision Forests: π is refit by the fixed point before the first step and
-    # after every epoch (before that step's checkpoint, so a resumed run has the same π).
-    leaf_step = dp.compile(steps.make_leaf_update_step(
-        model, policy, config.forest.leaf_iterations, input_key=info.input_key),
-        donate_state=True)
-    leaf_batch = dp.shard_batch(leaf_update_batch(config, builder, dp.num_local_devices))
+  hook_variables = tuple(h.variables() for h in step_hooks)
+  # Arrays the hooks need (a teacher's weights) are a step argument, placed on the devices
+  # once; they are not part of the (checkpointed) state.
+  step_args = ((dp.replicate(hook_variables),) if jax.tree_util.tree_leaves(hook_variables)
+               else ())
+  train_step = dp.compile(steps.make_train_step(model, task, tx, policy, step_hooks),
+                          donate_state=True, replicated_args=len(step_args))
+  eval_steps = {"": dp.compile(steps.make_eval_step(model, task, policy))}
+  if use_ema:
+    eval_steps["ema_"] = dp.compile(steps.make_eval_step(model, task, policy, use_ema=True))
+  eval_data = source.eval_batches(dp.num_local_devices)
+  refit_step = refit_data = None
+  refit_every = 0
+  if task.refit is not None:
+    # The task's between-steps update of its state: before the first step and after
+    # every `every_epochs` epochs, before that step's checkpoint, so a resumed run has the
+    # same task state.
+    refit_step = dp.compile(steps.make_refit_step(model, task, policy), donate_state=True)
+    refit_data = dp.shard_batch(refit_batch(source, config.dataset.train_split,
+                                            task.refit.max_batches, dp.num_local_devices))
+    refit_every = task.refit.every_epochs * steps_per_epoch
     if start_step == 0:
-      p_state = leaf_step(p_state, leaf_batch)
-  train_iter = data.train_batches(config, builder, start_step, dp.num_local_devices)
+      p_state = refit_step(p_state, refit_data)
+  train_iter = source.train_batches(start_step, dp.num_local_devices)
 
   writer = _metric_writer(workdir, is_main)
   if start_step == 0:
@@ -310,8 +299,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       batch = dp.shard_batch(next(train_iter))
       p_state, metrics = train_step(p_state, batch, *step_args)
       step += 1
-      if leaf_step is not None and step % steps_per_epoch == 0:
-        p_state = leaf_step(p_state, leaf_batch)
+      if refit_step is not None and step % refit_every == 0:
+        p_state = refit_step(p_state, refit_data)
       pending.append(metrics)
       if first_step_seconds is None:
         jax.block_until_ready(metrics)
@@ -329,9 +318,11 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         logged.update(images_per_second=images_per_second, epoch=step / steps_per_epoch)
         writer.write_scalars(step, logged)
         eta = (total_steps - step) * config.batch_size / max(images_per_second, 1e-9)
+        task_metrics = "".join(f" {label} {logged[name]:.3f}"
+                               for name, label in task.progress_metrics.items())
         logging.info(
-            "step %d/%d (epoch %.1f) loss %.4f acc %.3f lr %.4g | %.0f img/s | ETA %s", step,
-            total_steps, step / steps_per_epoch, logged["loss"], logged["accuracy"],
+            "step %d/%d (epoch %.1f) loss %.4f%s lr %.4g | %.0f img/s | ETA %s", step,
+            total_steps, step / steps_per_epoch, logged["loss"], task_metrics,
             logged["learning_rate"], images_per_second, _format_eta(eta))
         metrics_summary["train_loss"] = logged["loss"]
         metrics_summary["skipped_steps"] = int(logged["skipped_steps"])
@@ -339,11 +330,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
       if eval_every and step % eval_every == 0 and step < total_steps:
         eval_start = time.time()
-        results = evaluate_all(eval_steps, dp, p_state, eval_data)
+        results = evaluate_all(eval_steps, dp, p_state, eval_data, task)
         writer.write_scalars(step, results)
-        logging.info("step %d: test accuracy %.4f, loss %.4f%s", step, results["test_accuracy"],
-                     results["test_loss"], f" (EMA: accuracy {results['ema_test_accuracy']:.4f})"
-                     if "ema_test_accuracy" in results else "")
+        logging.info("step %d: %s", step, _results_line(results))
         # Evaluation time is not training time: keep it out of img/s and train_seconds.
         eval_seconds += time.time() - eval_start
         window_start += time.time() - eval_start
@@ -359,23 +348,18 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                         "the same command again to resume.")
 
   train_seconds = time.time() - loop_start - eval_seconds
-  results = evaluate_all(eval_steps, dp, p_state, eval_data)
+  results = evaluate_all(eval_steps, dp, p_state, eval_data, task)
   ckpt.wait()
   ckpt.close()
   report = {}
-  if is_main:
-    report = explain.write_model_report(config, dp.unreplicate(p_state.params), builder, info,
-                                        workdir)
+  if is_main and model_spec.report is not None:
+    report = model_spec.report(config, dp.unreplicate(p_state.params), source, workdir)
   steps_run = step - start_step
   timed_steps = max(steps_run - 1, 0)
   timed_seconds = train_seconds - (first_step_seconds or 0.0)
   summary = {
       "config": config.get("name", config.model.name + "_" + info.name),
-      "test_accuracy": results["test_accuracy"],
-      "test_loss": results["test_loss"],
-      "test_examples": results["test_examples"],
-      **{k: v for k, v in results.items()
-         if k.startswith(("ema_test_", "test_accuracy_")) and k != "ema_test_examples"},
+      **{k: v for k, v in results.items() if k != "ema_test_examples"},
       "eval_split": config.dataset.eval_split,
       "steps": step,
       "steps_this_run": steps_run,

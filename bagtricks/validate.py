@@ -1,7 +1,9 @@
 """Config checks that run before anything is compiled or read.
 
 Every problem is reported at once, each naming the config field and the fix, so a bad command
-line fails in a second instead of after a compile or an epoch.
+line fails in a second instead of after a compile or an epoch. The checks of the shared loop
+(optimizer, schedule, precision, devices, augmentations, EMA, distillation) live here; the
+model and the task bring their own (``models.config_problems``, ``tasks.config_problems``).
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ from typing import List
 
 import jax
 
-from bagtricks import distill, losses, optim, precision, preprocess, tasks
-from bagtricks.parallel import BACKENDS
-
 import models
+from bagtricks import distill, optim, precision, preprocess, tasks
+from bagtricks.parallel import BACKENDS
 
 
 class ConfigError(ValueError):
@@ -26,6 +27,14 @@ def _field(config, field: str):
   for part in field.split("."):
     value = value[part]
   return value
+
+
+def _has(config, field: str) -> bool:
+  try:
+    _field(config, field)
+  except (KeyError, AttributeError):
+    return False
+  return True
 
 
 def _positive(config, field: str, problems: List[str], integer: bool = False) -> None:
@@ -79,86 +88,24 @@ def _check_augment(config, problems: List[str]) -> None:
                       "integer >= 0 (degrees).")
 
 
-def _plain(value):
-  # Lists (as a config read back from JSON has them) become tuples, nested configs dicts.
-  if isinstance(value, list):
-    return tuple(value)
-  if hasattr(value, "items"):
-    return {k: _plain(v) for k, v in value.items()}
-  return value
-
-
-def build_model_kwargs(config) -> dict:
-  """``config.model`` minus its name: the keyword arguments of the model constructor."""
-  return {k: _plain(v) for k, v in config.model.items() if k != "name"}
-
-
-def _check_trees(config, problems: List[str]) -> None:
-  """``config.task`` and the tree and forest models' fields."""
-  task = config.get("task", "classification")
-  name = config.model.name.lower()
-  if task not in tasks.TASKS:
-    problems.append(f"config.task={task!r} is unknown; use one of {tasks.TASKS}.")
-  elif task == "soft_tree" and name != "sdt":
-    problems.append(f"config.task='soft_tree' needs config.model.name='sdt' (got {name!r}); "
-                    "use task='classification' for other models.")
-  if name == "dndt":
-    _positive(config, "model.num_cut", problems, integer=True)
-    _positive(config, "model.num_trees", problems, integer=True)
-    _positive(config, "model.temperature", problems)
-  elif name == "sdt":
-    _positive(config, "model.depth", problems, integer=True)
-    if config.model.get("penalty_strength", 0.0) < 0:
-      problems.append(f"config.model.penalty_strength={config.model.penalty_strength} must be "
-                      ">= 0 (0 = no balancing penalty).")
-  elif name == "ndf":
-    _positive(config, "model.depth", problems, integer=True)
-    _positive(config, "model.num_trees", problems, integer=True)
-    leaf_learning = config.model.get("leaf_learning", "fixed_point")
-    if leaf_learning not in models.forest.LEAF_LEARNING:
-      problems.append(f"config.model.leaf_learning={leaf_learning!r} is unknown; use one of "
-                      f"{models.forest.LEAF_LEARNING}.")
-    elif leaf_learning == "fixed_point":
-      if "forest" not in config:
-        problems.append("config.forest is missing: a fixed-point forest needs "
-                        "config.forest.leaf_iterations (paper: 20) and "
-                        "config.forest.leaf_update_batches (0 = the whole train split).")
-      else:
-        _positive(config, "forest.leaf_iterations", problems, integer=True)
-        batches = config.forest.leaf_update_batches
-        if not isinstance(batches, int) or batches < 0:
-          problems.append(f"config.forest.leaf_update_batches={batches!r} must be an integer "
-                          ">= 0 (0 = the whole train split).")
-    trunk = config.model.get("trunk", None)
-    if trunk is not None and trunk.get("name", "").lower() not in models.MODEL_NAMES:
-      problems.append(f"config.model.trunk.name={trunk.get('name')!r} is unknown; use one of "
-                      f"{tuple(n for n in models.MODEL_NAMES if n != 'ndf')}.")
-
-
-def validate_for_data(config, info) -> None:
+def validate_for_data(config, info, task) -> None:
   """Checks that need the dataset's shape: raises ``ConfigError`` before anything compiles.
 
-  A table cannot take image augmentations; a DNDT must stay within its leaf limit on this
-  many features; a forest needs at least one decision unit per decision node.
+  Batch augmentations need a task that declares image inputs and class targets; the model and
+  the task check the dataset against their own needs (``ModelSpec.check_for_data``, a task's
+  ``check_for_data``: sizes that depend on the number of features, class labels).
   """
   problems: List[str] = []
-  if info.input_key != "image":
-    active = [f for f in ("augment.mixup_alpha", "augment.cutmix_alpha",
-                          "augment.cutout.num_holes", "augment.gridmask.prob")
-              if _field(config, f)]
-    if active:
-      problems.append(f"config.dataset.name={info.name!r} is a table; image augmentations "
-                      f"{['config.' + f for f in active]} must be 0.")
-  name = config.model.name.lower()
-  try:
-    if name == "dndt":
-      models.create_model("dndt", num_classes=info.num_classes,
-                          **build_model_kwargs(config)).check_size(info.input_shape[-1])
-    elif name == "ndf":
-      models.decision_unit_subsets(config.model.num_decision_units, config.model.num_trees,
-                                   config.model.depth, config.model.get("feature_seed", 0))
-  except ValueError as e:
-    problems.append(f"config.model: {e}")
+  active = [f for f in ("augment.mixup_alpha", "augment.cutmix_alpha",
+                        "augment.cutout.num_holes", "augment.gridmask.prob")
+            if _field(config, f)]
+  keys = task.augment_keys
+  if active and (keys is None or keys[0] not in info.element_spec):
+    problems.append(f"config.dataset.name={info.name!r} gives no images to the task "
+                    f"{tasks.task_name(config)!r} (its input is {info.input_key!r}); image "
+                    f"augmentations {['config.' + f for f in active]} must be 0.")
+  problems += models.data_problems(config.model, info)
+  problems += tasks.data_problems(config, info)
   if problems:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
@@ -176,25 +123,23 @@ def validate_config(config, num_local_devices: int) -> None:
     if value not in choices:
       problems.append(f"config.{field}={value!r} is unknown; use one of {tuple(choices)}.")
 
-  check_choice("model.name", config.model.name, models.MODEL_NAMES)
   check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
   check_choice("schedule.name", config.schedule.name, optim.SCHEDULES)
   check_choice("precision", config.precision, precision.PRECISIONS)
   check_choice("parallel", config.parallel, BACKENDS)
-  check_choice("label_smoothing_mode", config.label_smoothing_mode,
-               losses.LABEL_SMOOTHING_MODES)
 
   for field in ("optimizer.base_lr", "optimizer.base_batch_size", "num_epochs"):
     _positive(config, field, problems)
-  for field in ("batch_size", "eval_batch_size", "dataset.image_size", "dataset.channels",
-                "dataset.shuffle_buffer", "log_every_steps", "checkpoint_every_steps",
+  for field in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
                 "keep_checkpoints"):
     _positive(config, field, problems, integer=True)
+  # Image fields, where the dataset config has them (a table or token config need not).
+  for field in ("dataset.image_size", "dataset.channels", "dataset.shuffle_buffer"):
+    if _has(config, field):
+      _positive(config, field, problems, integer=True)
   if config.optimizer.weight_decay < 0:
     problems.append(f"config.optimizer.weight_decay={config.optimizer.weight_decay} must be "
                     ">= 0.")
-  if not 0.0 <= config.label_smoothing < 1.0:
-    problems.append(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
   if config.schedule.warmup_epochs < 0 or (
       config.schedule.name == "cosine" and config.schedule.warmup_epochs >= config.num_epochs):
     problems.append(f"config.schedule.warmup_epochs={config.schedule.warmup_epochs} must be >= 0 "
@@ -224,24 +169,21 @@ def validate_config(config, num_local_devices: int) -> None:
   _check_augment(config, problems)
   if not 0.0 <= config.ema.decay < 1.0:
     problems.append(f"config.ema.decay={config.ema.decay} must be in [0, 1) (0 = no EMA; "
-                    "e.g. 0.9999 for ImageNet-length runs).")
+                    "e.g. 0.9999 for runs of 100+ epochs).")
   problems.extend(distill.config_problems(config))
-  _check_trees(config, problems)
+  problems.extend(models.config_problems(config.model))
+  problems.extend(tasks.config_problems(config))
 
   test_fraction = config.dataset.get("test_fraction", 0.2)
   if not 0.0 < test_fraction < 1.0:
     problems.append(f"config.dataset.test_fraction={test_fraction} must be in (0, 1).")
   for field in ("train_pp", "eval_pp"):
+    if field not in config.dataset:
+      continue
     try:
       preprocess.get_preprocess_fn(config.dataset[field])
     except ValueError as e:
       problems.append(f"config.dataset.{field}: {e}")
-
-  if config.model.name in models.MODEL_NAMES:
-    try:
-      models.create_model(config.model.name, num_classes=2, **build_model_kwargs(config))
-    except (TypeError, ValueError) as e:
-      problems.append(f"config.model: {e}")
 
   if problems:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))

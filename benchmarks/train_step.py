@@ -32,7 +32,7 @@ def run_case(model_name: str, image_size: int, batch_size: int, precision_name: 
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   import models  # pylint: disable=g-import-not-at-top
-  from bagtricks import optim, precision, steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from bagtricks import hooks, optim, precision, steps as steps_lib  # pylint: disable=g-import-not-at-top
   from bagtricks.parallel import AXIS_NAME, DataParallel  # pylint: disable=g-import-not-at-top
   from bagtricks.state import init_train_state  # pylint: disable=g-import-not-at-top
   from bagtricks.tasks import ClassificationTask  # pylint: disable=g-import-not-at-top
@@ -47,10 +47,13 @@ def run_case(model_name: str, image_size: int, batch_size: int, precision_name: 
   schedule = optim.warmup_cosine_schedule(0.1, 10, 1000)
   tx = precision.wrap_optimizer(optim.build_optimizer(config, schedule), policy)
   task = ClassificationTask(model.num_classes)
-  state = init_train_state(model, tx, (image_size, image_size, 3), seed=0)
+  example = {"image": np.zeros((1, image_size, image_size, 3), np.float32),
+             "label": np.zeros((1,), np.int32)}
+  state = init_train_state(model, tx, task, example, seed=0)
 
   dp = DataParallel("pmap", jax.local_devices()[:1])
-  step = dp.compile(steps_lib.make_train_step(model, tx, task, policy, schedule),
+  step = dp.compile(steps_lib.make_train_step(model, task, tx, policy,
+                                              [hooks.ReportSchedule("learning_rate", schedule)]),
                     donate_state=True)
   rng = np.random.default_rng(0)
   batch = dp.shard_batch({

@@ -63,16 +63,18 @@ def main():
     model = models.create_model(kwargs.pop("name"), num_classes=2 if shape == (30,) else 10,
                                 axis_name="batch", **kwargs)
     num_classes = 2 if shape == (30,) else 10
-    task = (tasks.SoftTreeTask if task_name == "soft_tree" else tasks.ClassificationTask)(
-        num_classes)
-    tx = optax.adam(1e-3)
-    state = dp.replicate(init_train_state(model, tx, shape, seed=0))
     key = "features" if shape == (30,) else "image"
-    batch = dp.shard_batch({
-        key: rng.normal(size=(1, args.batch) + shape).astype(np.float32),
-        "label": rng.integers(0, num_classes, size=(1, args.batch)).astype(np.int32)})
-    step = dp.compile(steps.make_train_step(model, tx, task, policy, lambda s: 1e-3,
-                                            input_key=key), donate_state=True)
+    if task_name == "soft_tree":
+      task = tasks.SoftTreeTask(num_classes, depth=model.depth, input_key=key)
+    else:
+      task = tasks.ClassificationTask(num_classes, input_key=key)
+    tx = optax.adam(1e-3)
+    batch = {key: rng.normal(size=(1, args.batch) + shape).astype(np.float32),
+             "label": rng.integers(0, num_classes, size=(1, args.batch)).astype(np.int32)}
+    state = dp.replicate(init_train_state(model, tx, task, {k: v[0, :1] for k, v in
+                                                            batch.items()}, seed=0))
+    batch = dp.shard_batch(batch)
+    step = dp.compile(steps.make_train_step(model, task, tx, policy), donate_state=True)
     start = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)

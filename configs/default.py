@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss_scale.backoff = 0.5
   config.loss_scale.max_scale = 2.0**24
 
+  # The task (bagtricks/tasks): a registered name such as 'classification', or an import path
+  # 'package.module:ClassName'; empty: the model's own default (classification for ResNets).
+  config.task = ""
   config.label_smoothing = 0.0
   config.label_smoothing_mode = "paper"
 

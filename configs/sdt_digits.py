@@ -19,8 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "sdt"
   config.model.depth = 8
   config.model.inverse_temperature = 1.0
-  config.model.penalty_strength = 0.1
-  config.model.penalty_window = 1.0
+  config.soft_tree = ml_collections.ConfigDict()  # The task's balancing penalty.
+  config.soft_tree.penalty_strength = 0.1
+  config.soft_tree.penalty_window = 1.0
   config.optimizer.name = "adamw"
   config.optimizer.base_lr = 0.01
   config.optimizer.base_batch_size = 64

@@ -12,7 +12,7 @@ def get_config():
   config = sdt_digits.get_config()
   config.distill.enabled = True
   config.distill.teacher_workdir = "runs/default"
-  config.distill.teacher_config = "configs/default.py"
+  config.distill.teacher_config = ""  # The teacher run's own config.json.
   config.distill.temperature = 2.0
   config.distill.soft_weight = 1.0
   return config

@@ -1,13 +1,34 @@
-"""Flax models: ResNets, differentiable trees and forests, an MLP; ``create_model`` by name."""
+"""Flax models and their registry: ResNets, differentiable trees and forests, an MLP.
 
-from typing import Any, Optional
+``create_model_from_config(config, dataset_info)`` builds ``config.model``; ``get_spec(name)``
+tells what the training loop needs from a model (``registry.ModelSpec``); ``register_model``
+adds one. ``create_model(name, **kwargs)`` builds a module by name from plain arguments.
+"""
 
+from typing import Any, List, Mapping, Optional
+
+import jax.numpy as jnp
+import optax
+
+from models import explain
 from models import resnet
 from models.forest import decision_unit_subsets
 from models.forest import fixed_point_leaf_update
+from models.forest import forest_log_probs
+from models.forest import LEAF_LEARNING
 from models.forest import NeuralDecisionForest
 from models.layers import DropBlock
 from models.mlp import MLP
+from models.registry import build_module
+from models.registry import config_problems
+from models.registry import create_model_from_config
+from models.registry import data_problems
+from models.registry import get_spec
+from models.registry import model_names
+from models.registry import ModelSpec
+from models.registry import positive
+from models.registry import register_model
+from models.registry import spec_of_module
 from models.resnet import ResNet
 from models.resnet import ResNet101
 from models.resnet import ResNet101B
@@ -32,26 +53,117 @@ from models.resnet import ResNet50D
 from models.trees import DNDT
 from models.trees import SoftDecisionTree
 
-# Models that are not ResNets, by config name.
-_OTHER_MODELS = {"dndt": DNDT, "sdt": SoftDecisionTree, "ndf": NeuralDecisionForest,
-                 "mlp": MLP}
-MODEL_NAMES = resnet.MODEL_NAMES + tuple(_OTHER_MODELS)
-# Models with cross-device state (BatchNorm statistics, a soft tree's running α), which take
-# the data-parallel axis name.
-_TAKE_AXIS_NAME = set(resnet.MODEL_NAMES) | {"sdt"}
+# ------------------------------------------------------------------------------------------
+# ResNets.
 
 
-def create_model(name: str, *, axis_name: Optional[str] = None, **kwargs: Any):
-  """Builds a model by name.
+def _resnet_spec(name: str) -> ModelSpec:
+
+  def build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
+    kwargs = {"dtype": dtype, "axis_name": axis_name, **kwargs}
+    if num_outputs is not None:  # Else the constructor's default (1000 ImageNet classes).
+      kwargs["num_classes"] = num_outputs
+    return resnet.create_model(name, **kwargs)
+
+  def step_kwargs(kwargs, total_steps):
+    rate = kwargs.get("drop_block_rate", 0.0)
+    if not rate:
+      return {}
+    # DropBlock paper: keep_prob decreases linearly from 1 to its target over training.
+    return {"drop_block_rate": optax.linear_schedule(0.0, rate, total_steps)}
+
+  return ModelSpec(build=build, step_kwargs=step_kwargs)
+
+
+for _name in resnet.MODEL_NAMES:
+  register_model(_name, _resnet_spec(_name))
+
+# ------------------------------------------------------------------------------------------
+# Trees, forests and the MLP.
+
+
+def _dndt_checks(kwargs) -> List[str]:
+  return (positive(kwargs, "num_cut", integer=True) + positive(kwargs, "num_trees", integer=True)
+          + positive(kwargs, "temperature"))
+
+
+def _dndt_data_checks(kwargs, info) -> List[str]:
+  try:
+    DNDT(num_classes=info.num_classes or 1, **kwargs).check_size(info.input_shape[-1])
+  except ValueError as e:
+    return [f"config.model: {e}"]
+  return []
+
+
+def _ndf_build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
+  kwargs = dict(kwargs)
+  trunk = dict(kwargs.pop("trunk", None) or {"name": "mlp", "hidden": ()})
+  trunk_name = trunk.pop("name")
+  if trunk_name.lower() == "ndf":
+    raise ValueError("an ndf trunk cannot itself be an ndf.")
+  kwargs["trunk"] = get_spec(trunk_name).build(
+      trunk, num_outputs=kwargs.get("num_decision_units", 0), dtype=dtype, axis_name=axis_name)
+  return build_module(NeuralDecisionForest, kwargs, num_outputs=num_outputs, dtype=dtype)
+
+
+def _ndf_checks(kwargs) -> List[str]:
+  problems = positive(kwargs, "depth", integer=True) + positive(kwargs, "num_trees", integer=True)
+  leaf_learning = kwargs.get("leaf_learning", "fixed_point")
+  if leaf_learning not in LEAF_LEARNING:
+    problems.append(f"config.model.leaf_learning={leaf_learning!r} is unknown; use one of "
+                    f"{LEAF_LEARNING}.")
+  trunk = kwargs.get("trunk") or {}
+  trunk_name = str(trunk.get("name", "mlp")).lower()
+  if trunk_name == "ndf" or (trunk_name not in model_names() and ":" not in trunk_name):
+    problems.append(f"config.model.trunk.name={trunk.get('name')!r} is unknown; use one of "
+                    f"{tuple(n for n in model_names() if n != 'ndf')}.")
+  return problems
+
+
+def _ndf_data_checks(kwargs, info) -> List[str]:
+  del info
+  try:
+    decision_unit_subsets(kwargs["num_decision_units"], kwargs.get("num_trees", 10),
+                          kwargs.get("depth", 5), kwargs.get("feature_seed", 0))
+  except ValueError as e:
+    return [f"config.model: {e}"]
+  return []
+
+
+def _ndf_task(kwargs) -> str:
+  # Fixed-point leaves are fitted by the forest task, which holds π in its state.
+  return "forest" if kwargs.get("leaf_learning", "fixed_point") == "fixed_point" else (
+      "classification")
+
+
+register_model("dndt", spec_of_module(
+    DNDT, input_key="features", report=explain.dndt_report, check_config=_dndt_checks,
+    check_for_data=_dndt_data_checks))
+register_model("sdt", spec_of_module(
+    SoftDecisionTree, default_task=lambda kwargs: "soft_tree", report=explain.soft_tree_report,
+    check_config=lambda kwargs: positive(kwargs, "depth", integer=True)))
+register_model("ndf", ModelSpec(build=_ndf_build, default_task=_ndf_task,
+                                check_config=_ndf_checks, check_for_data=_ndf_data_checks))
+register_model("mlp", MLP)
+
+# The built-in names (``model_names()`` adds any registered later).
+MODEL_NAMES = model_names()
+
+
+def create_model(name: str, *, num_classes: Optional[int] = None, dtype: Any = jnp.float32,
+                 axis_name: Optional[str] = None, **kwargs: Any):
+  """Builds a registered model by name from plain keyword arguments.
 
   Args:
-    name: one of ``MODEL_NAMES`` (case-insensitive): a ResNet such as ``'resnet50d'``,
-      ``'dndt'``, ``'sdt'`` (soft decision tree), ``'ndf'`` (neural decision forest) or
-      ``'mlp'``.
+    name: a registered name (case-insensitive): a ResNet such as ``'resnet50d'``, ``'dndt'``,
+      ``'sdt'`` (soft decision tree), ``'ndf'`` (neural decision forest), ``'mlp'``; or an
+      import path ``'module:attribute'``.
+    num_classes: the head width.
+    dtype: compute dtype.
     axis_name: the data-parallel axis, given to the models that reduce across devices.
-    **kwargs: constructor arguments, e.g. ``num_classes``, ``width_multiplier``. For
-      ``'ndf'``, ``trunk`` is a dict with the trunk's ``name`` and arguments; the trunk is
-      built with ``num_decision_units`` outputs.
+    **kwargs: constructor arguments, e.g. ``width_multiplier``. For ``'ndf'``, ``trunk`` is a
+      dict with the trunk's ``name`` and arguments; the trunk is built with
+      ``num_decision_units`` outputs.
 
   Returns:
     The Flax module.
@@ -59,33 +171,26 @@ def create_model(name: str, *, axis_name: Optional[str] = None, **kwargs: Any):
   Raises:
     ValueError: ``name`` is unknown (the message lists the known names), or bad arguments.
   """
-  name = name.lower()
-  if name == "ndf":
-    trunk = dict(kwargs.pop("trunk", None) or {"name": "mlp", "hidden": ()})
-    trunk_name = trunk.pop("name")
-    if trunk_name.lower() == "ndf":
-      raise ValueError("an ndf trunk cannot itself be an ndf.")
-    if "dtype" in kwargs:
-      trunk.setdefault("dtype", kwargs["dtype"])
-    kwargs["trunk"] = create_model(trunk_name, axis_name=axis_name,
-                                   num_classes=kwargs.get("num_decision_units", 0), **trunk)
-    return NeuralDecisionForest(**kwargs)
-  if name in _TAKE_AXIS_NAME:
-    kwargs["axis_name"] = axis_name
-  if name in _OTHER_MODELS:
-    return _OTHER_MODELS[name](**kwargs)
-  return resnet.create_model(name, **kwargs)
+  return get_spec(name).build(kwargs, num_outputs=num_classes, dtype=dtype, axis_name=axis_name)
 
 
 __all__ = [
+    'config_problems',
     'create_model',
+    'create_model_from_config',
+    'data_problems',
     'decision_unit_subsets',
     'DNDT',
     'DropBlock',
     'fixed_point_leaf_update',
+    'forest_log_probs',
+    'get_spec',
     'MLP',
     'MODEL_NAMES',
+    'model_names',
+    'ModelSpec',
     'NeuralDecisionForest',
+    'register_model',
     'SoftDecisionTree',
     'ResNet',
     'ResNet18', 'ResNet18B', 'ResNet18C', 'ResNet18D',

@@ -6,9 +6,12 @@ each tree routes an example to its leaves with μ_ℓ(x) = Π_n d_n(x)^[ℓ↙n]
 averages its trees. The leaf distributions π are learned either
 
 * by the paper's fixed-point update (Eq. 11), run between epochs on the training data with the
-  trunk fixed (``fixed_point_leaf_update``); π then lives in the ``batch_stats`` collection and
-  the optimizer never touches it; or
-* jointly with the trunk by gradient descent, as π = softmax(φ) with φ a parameter.
+  trunk fixed (``fixed_point_leaf_update``); π is then not a variable of the module at all:
+  the module returns the routing μ and whoever holds π (the forest task keeps it in its
+  state, out of the optimizer's and the weight EMA's reach) predicts with
+  ``forest_log_probs(μ, π)``; or
+* jointly with the trunk by gradient descent, as π = softmax(φ) with φ a parameter; the
+  module then returns the forest's log-probabilities.
 """
 
 from __future__ import annotations
@@ -81,6 +84,20 @@ def fixed_point_leaf_update(leaf_distributions: jnp.ndarray, routing: jnp.ndarra
   return lax.fori_loop(0, num_iterations, iteration, leaf_distributions.astype(jnp.float32))
 
 
+def forest_log_probs(routing: jnp.ndarray, leaf_distributions: jnp.ndarray) -> jnp.ndarray:
+  """log of the forest's prediction P[y|x] = (1/T) Σ_T Σ_ℓ μ_ℓ(x) π_ℓy.
+
+  Args:
+    routing: μ ``[batch, trees, leaves]``.
+    leaf_distributions: π ``[trees, leaves, K]``.
+
+  Returns:
+    ``[batch, K]`` log-probabilities (floored at 1e-30 before the log).
+  """
+  probs = jnp.einsum("btl,tlk->bk", routing, leaf_distributions) / routing.shape[1]
+  return jnp.log(jnp.maximum(probs, 1e-30))
+
+
 class NeuralDecisionForest(nn.Module):
   """A decision-forest head on a trunk network (Kontschieder et al. 2015).
 
@@ -91,7 +108,7 @@ class NeuralDecisionForest(nn.Module):
     num_decision_units: the trunk's outputs f_n.
     num_trees: trees in the forest.
     depth: levels of decision nodes per tree (2**depth leaves).
-    leaf_learning: ``'fixed_point'`` (π in ``batch_stats``, updated by
+    leaf_learning: ``'fixed_point'`` (π held outside the module and updated by
       ``fixed_point_leaf_update``) or ``'gradient'`` (π = softmax(φ), φ a parameter).
     feature_seed: seed of ``decision_unit_subsets``.
   """
@@ -108,18 +125,9 @@ class NeuralDecisionForest(nn.Module):
     if self.leaf_learning not in LEAF_LEARNING:
       raise ValueError(f"leaf_learning={self.leaf_learning!r} is unknown; use one of "
                        f"{LEAF_LEARNING}.")
-    shape = (self.num_trees, 2**self.depth, self.num_classes)
-    if self.leaf_learning == "fixed_point":
-      self.leaves = self.variable("batch_stats", "leaf_distributions",
-                                  lambda: jnp.full(shape, 1.0 / self.num_classes))
-    else:
-      self.leaf_logits = self.param("leaf_logits", nn.initializers.zeros, shape)
-
-  def leaf_distributions(self) -> jnp.ndarray:
-    """π ``[trees, leaves, K]``."""
-    if self.leaf_learning == "fixed_point":
-      return self.leaves.value
-    return jax.nn.softmax(self.leaf_logits, axis=-1)
+    if self.leaf_learning == "gradient":
+      self.leaf_logits = self.param("leaf_logits", nn.initializers.zeros,
+                                    (self.num_trees, 2**self.depth, self.num_classes))
 
   def routing(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """μ ``[batch, trees, leaves]``: each tree's probability of routing x to each leaf."""
@@ -128,8 +136,11 @@ class NeuralDecisionForest(nn.Module):
     f = self.trunk(x, train=train).astype(jnp.float32)
     return path_probabilities(jax.nn.sigmoid(f[:, subsets]))
 
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """log of the forest's prediction (1/T) Σ_T Σ_ℓ μ_ℓ π_ℓ, ``[batch, K]``."""
+  def __call__(self, x: jnp.ndarray, train: bool = False):
+    """``{'routing': μ [batch, trees, leaves]}`` for fixed-point leaves (predict with
+    ``forest_log_probs(μ, π)``); the forest's log-probabilities ``[batch, K]`` for learned
+    leaves."""
     mu = self.routing(x, train)
-    probs = jnp.einsum("btl,tlk->bk", mu, self.leaf_distributions()) / self.num_trees
-    return jnp.log(jnp.maximum(probs, 1e-30))
+    if self.leaf_learning == "fixed_point":
+      return {"routing": mu}
+    return forest_log_probs(mu, jax.nn.softmax(self.leaf_logits, axis=-1))

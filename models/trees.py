@@ -4,8 +4,8 @@
 * ``SoftDecisionTree`` — Frosst & Hinton, "Distilling a Neural Network Into a Soft Decision
   Tree" (2017).
 
-Both are plain Flax modules; the losses that are specific to them live in
-``bagtricks/tasks.py`` and their pictures and rules in ``bagtricks/explain.py``.
+Both are plain Flax modules; the losses that are specific to them live in the soft tree task
+(``bagtricks/tasks/``) and their pictures and rules in ``models/explain.py``.
 """
 
 from __future__ import annotations
@@ -312,19 +312,16 @@ class SoftDecisionTree(nn.Module):
   """A soft binary decision tree over flattened inputs (Frosst & Hinton 2017).
 
   Inner node i turns right with p_i(x) = σ(β(x·w_i + b_i)); leaf ℓ holds a class distribution
-  Q^ℓ = softmax(φ^ℓ) and is reached with the path probability P^ℓ(x). The training loss
-  −Σ_ℓ P^ℓ(x) Σ_k T_k log Q^ℓ_k is in ``bagtricks.losses.soft_tree_loss``; the balancing penalty
-  (``balancing_penalty``) is computed here because it needs the running α_i, kept in the
-  ``batch_stats`` collection like BatchNorm's statistics.
+  Q^ℓ = softmax(φ^ℓ) and is reached with the path probability P^ℓ(x). The module is a pure
+  function of its parameters: the training loss −Σ_ℓ P^ℓ(x) Σ_k T_k log Q^ℓ_k
+  (``bagtricks.losses.soft_tree_loss``) and the balancing penalty over the running α_i
+  (``balancing_penalty``, ``node_alpha``, ``alpha_decays``) are computed by the soft tree
+  task from ``right_probs``, with α kept in the task's state.
 
   Attributes:
     num_classes: K.
     depth: levels of inner nodes (2**depth leaves).
     inverse_temperature: β.
-    penalty_strength: λ of the balancing penalty.
-    penalty_window: running-average window of α at the root, in batches (doubling per level);
-      0 = the batch's α only.
-    axis_name: device axis over which α is summed in training (None outside a parallel step).
     dtype: computation dtype.
 
   Returns (``__call__``): a dict with
@@ -332,18 +329,16 @@ class SoftDecisionTree(nn.Module):
     ``max_path_logits`` ``[batch, K]``: log Q of the most probable leaf (the paper's
     interpretable prediction);
     ``path_probs`` ``[batch, leaves]``; ``leaf_log_probs`` ``[leaves, K]``;
-    ``penalty``: the balancing penalty (0 when not training).
+    ``right_probs`` ``[batch, inner_nodes]``: p_i(x), float32.
   """
   num_classes: int
   depth: int = 4
   inverse_temperature: float = 1.0
-  penalty_strength: float = 0.1
-  penalty_window: float = 0.0
-  axis_name: Optional[str] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> dict:
+    del train
     if self.depth < 1:
       raise ValueError(f"depth={self.depth} must be >= 1.")
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
@@ -357,18 +352,8 @@ class SoftDecisionTree(nn.Module):
     logits = jax.nn.logsumexp(jnp.log(jnp.maximum(path, 1e-30))[:, :, None]
                               + leaf_log_probs[None], axis=1)
     max_path_logits = leaf_log_probs[jnp.argmax(path, axis=-1)]
-
-    running_alpha = self.variable("batch_stats", "alpha", lambda: jnp.full((num_inner,), 0.5))
-    penalty = jnp.zeros([], jnp.float32)
-    if train and not self.is_initializing():
-      alpha = node_alpha(right, node_reach_probabilities(right), self.axis_name)
-      decay = jnp.asarray(alpha_decays(self.depth, self.penalty_window), jnp.float32)
-      alpha = decay * running_alpha.value + (1 - decay) * alpha
-      running_alpha.value = lax.stop_gradient(alpha)
-      penalty = balancing_penalty(alpha, jnp.asarray(node_depths(self.depth), jnp.float32),
-                                  self.penalty_strength)
     return {"logits": logits, "max_path_logits": max_path_logits, "path_probs": path,
-            "leaf_log_probs": leaf_log_probs, "penalty": penalty}
+            "leaf_log_probs": leaf_log_probs, "right_probs": right}
 
 
 __all__: Sequence[str] = (

@@ -7,7 +7,8 @@ from conftest import REPO
 
 PURE_JAX = ["models", "bagtricks.optim", "bagtricks.precision", "bagtricks.losses",
             "bagtricks.augment",
-            "bagtricks.steps", "bagtricks.parallel", "bagtricks.state", "bagtricks.tasks"]
+            "bagtricks.steps", "bagtricks.parallel", "bagtricks.state", "bagtricks.tasks",
+            "bagtricks.hooks"]
 
 
 def test_pure_jax_modules_import_without_tensorflow():

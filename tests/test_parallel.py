@@ -24,11 +24,11 @@ def setup():
   schedule = optim.warmup_cosine_schedule(0.1, 0, 10)
   tx = optim.build_optimizer(config, schedule)
   task = ClassificationTask(10, label_smoothing=0.1)
-  state = init_train_state(model, tx, (8, 8, 1), seed=0)
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(GLOBAL_BATCH, 8, 8, 1)).astype(np.float32),
            "label": rng.integers(0, 10, size=(GLOBAL_BATCH,)).astype(np.int32)}
-  return state, steps.make_train_step(model, tx, task, policy, schedule), batch
+  state = init_train_state(model, tx, task, {k: v[:1] for k, v in batch.items()}, seed=0)
+  return state, steps.make_train_step(model, task, tx, policy), batch
 
 
 def _run(state, step_fn, batch, backend, num_devices, num_steps=2):

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import models
-from bagtricks import optim, precision, steps
+from bagtricks import optim, precision, steps, tasks
 from bagtricks.parallel import DataParallel
 from bagtricks.state import init_train_state
 from bagtricks.tasks import ClassificationTask
@@ -91,8 +91,9 @@ def _fp16_setup(num_classes=3):
   tx = precision.wrap_optimizer(optim.build_optimizer(config, schedule), policy,
                                 {"init_scale": 2.0**8})
   task = ClassificationTask(num_classes)
-  state = init_train_state(model, tx, (8, 8, 1), seed=0)
-  step = steps.make_train_step(model, tx, task, policy, schedule)
+  example = {"image": np.zeros((1, 8, 8, 1), np.float32), "label": np.zeros((1,), np.int32)}
+  state = init_train_state(model, tx, task, example, seed=0)
+  step = steps.make_train_step(model, task, tx, policy)
   return state, step
 
 
@@ -119,3 +120,31 @@ def test_train_step_with_injected_inf_leaves_state_unchanged():
   assert _all_finite(after_bad)
   # Params stay float32 master copies; the compute ran in float16.
   assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(after_bad.params))
+
+
+@pytest.mark.parametrize("revert", [True, False])
+def test_skipped_step_keeps_or_takes_the_task_state_as_the_task_says(revert):
+  # A soft tree's running α is task state: on a skipped fp16 step it is reverted when the
+  # task says so (the default), and taken as computed when it does not.
+  policy = precision.get_policy("fp16")
+  model = models.create_model("sdt", num_classes=3, depth=2, dtype=policy.compute_dtype)
+  task = tasks.SoftTreeTask(3, depth=2, penalty_window=0.0, input_key="image")
+  task.revert_state_on_skipped_step = revert
+  tx = precision.wrap_optimizer(optax.sgd(0.1), policy, {"init_scale": 2.0**8})
+  rng = np.random.default_rng(0)
+  good = {"image": rng.normal(size=(1, 4, 8, 8, 1)).astype(np.float32),
+          "label": np.array([[0, 1, 2, 0]], np.int32)}
+  state = init_train_state(model, tx, task, {k: v[0, :1] for k, v in good.items()}, seed=0)
+  dp = DataParallel("pmap", jax.local_devices()[:1])
+  train_step = dp.compile(steps.make_train_step(model, task, tx, policy))
+  p_state, _ = train_step(dp.replicate(state), dp.shard_batch(good))
+  alpha_good = dp.unreplicate(p_state).task_state["alpha"]
+  bad = {"image": good["image"].copy(), "label": good["label"]}
+  bad["image"][0, 1, 3, 3, 0] = np.inf
+  p_state, metrics = train_step(p_state, dp.shard_batch(bad))
+  after = dp.unreplicate(p_state)
+  assert int(dp.metrics_to_host(metrics)["skipped_steps"]) == 1
+  if revert:
+    np.testing.assert_array_equal(after.task_state["alpha"], alpha_good)
+  else:  # The α of the bad batch itself.
+    assert not np.array_equal(after.task_state["alpha"], alpha_good)

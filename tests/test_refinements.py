@@ -11,7 +11,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 import models
-from bagtricks import augment, optim, precision, steps, train
+from bagtricks import augment, hooks, optim, precision, steps, train
+from bagtricks.distill import TeacherHook
 from bagtricks.parallel import DataParallel
 from bagtricks.state import init_train_state
 from bagtricks.tasks import ClassificationTask
@@ -35,14 +36,17 @@ def tiny():
                                 small_stem=True)
   schedule = optim.warmup_cosine_schedule(0.1, 0, 10)
   tx = optim.build_optimizer(config, schedule)
-  state = init_train_state(student, tx, (8, 8, 1), seed=0, ema=True)
   teacher_variables = jax.jit(lambda k: teacher.init(k, jnp.zeros((1, 8, 8, 1)),
                                                      train=False))(jax.random.PRNGKey(5))
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(BATCH, 8, 8, 1)).astype(np.float32),
            "label": rng.integers(0, 10, size=(BATCH,)).astype(np.int32)}
+  state = init_train_state(student, tx, ClassificationTask(10),
+                           {k: v[:1] for k, v in batch.items()}, seed=0, ema=True)
+  teacher_hook = TeacherHook(teacher, ClassificationTask(10), jnp.float32,
+                             {"variables": teacher_variables, "task_state": {}})
   return dict(student=student, teacher=teacher, tx=tx, schedule=schedule, state=state,
-              teacher_variables=teacher_variables, batch=batch)
+              teacher_variables=teacher_variables, teacher_hook=teacher_hook, batch=batch)
 
 
 def _layout(batch, n):
@@ -52,12 +56,13 @@ def _layout(batch, n):
 def test_distillation_step_loss_equals_numpy(tiny):
   task = ClassificationTask(10, label_smoothing=0.1, distill_temperature=4.0,
                             distill_soft_weight=0.7)
-  step = steps.make_train_step(tiny["student"], tiny["tx"], task, precision.get_policy("fp32"),
-                               tiny["schedule"], teacher=tiny["teacher"])
+  teacher = tiny["teacher_hook"]
+  step = steps.make_train_step(tiny["student"], task, tiny["tx"], precision.get_policy("fp32"),
+                               [teacher])
   dp = DataParallel("pmap", jax.local_devices()[:1])
   compiled = dp.compile(step, replicated_args=1)
   _, metrics = compiled(dp.replicate(tiny["state"]), dp.shard_batch(_layout(tiny["batch"], 1)),
-                        dp.replicate(tiny["teacher_variables"]))
+                        dp.replicate((teacher.variables(),)))
   loss = dp.metrics_to_host(metrics)["loss"]
 
   # Reference: the two models run on their own, the loss written out in NumPy.
@@ -78,8 +83,8 @@ def test_distillation_step_loss_equals_numpy(tiny):
 def test_ema_in_the_step_follows_the_recursion(tiny):
   task = ClassificationTask(10)
   decay = optim.ema_decay_schedule(0.9, warmup=True)
-  step = steps.make_train_step(tiny["student"], tiny["tx"], task, precision.get_policy("fp32"),
-                               tiny["schedule"], ema_decay=decay)
+  step = steps.make_train_step(tiny["student"], task, tiny["tx"], precision.get_policy("fp32"),
+                               [hooks.WeightEMA(decay)])
   dp = DataParallel("pmap", jax.local_devices()[:1])
   compiled = dp.compile(step)
   p_state = dp.replicate(tiny["state"])
@@ -112,16 +117,18 @@ def test_everything_on_under_eight_devices_both_backends_agree(tiny):
   task = ClassificationTask(10, distill_temperature=2.0)
   aug = augment.BatchAugment(mixup_alpha=0.2, cutmix_alpha=1.0, cutout_holes=1, cutout_size=3,
                              gridmask_prob=0.5, gridmask_d_min=3, gridmask_d_max=6)
-  step = steps.make_train_step(student, tiny["tx"], task, precision.get_policy("fp32"),
-                               tiny["schedule"], augment=aug, teacher=tiny["teacher"],
-                               drop_block_rate=optax.linear_schedule(0.0, 0.2, 4),
-                               ema_decay=optim.ema_decay_schedule(0.9))
+  step_hooks = [hooks.AugmentHook(aug, task.augment_keys), tiny["teacher_hook"],
+                hooks.ScheduledModelKwargs({"drop_block_rate": optax.linear_schedule(0.0, 0.2,
+                                                                                     4)}),
+                hooks.WeightEMA(optim.ema_decay_schedule(0.9))]
+  step = steps.make_train_step(student, task, tiny["tx"], precision.get_policy("fp32"),
+                               step_hooks)
   results = {}
   for backend in ("pmap", "shard_map"):
     dp = DataParallel(backend)
     compiled = dp.compile(step, replicated_args=1)
     p_state = dp.replicate(tiny["state"])
-    teacher = dp.replicate(tiny["teacher_variables"])
+    teacher = dp.replicate(tuple(h.variables() for h in step_hooks))
     for _ in range(2):
       p_state, metrics = compiled(p_state, dp.shard_batch(_layout(tiny["batch"], 8)), teacher)
     results[backend] = (dp.unreplicate(p_state), dp.metrics_to_host(metrics))

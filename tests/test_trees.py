@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import models
-from bagtricks import data, explain, losses, tasks, validate
-from models import trees
+from bagtricks import data, losses, tasks, validate
+from models import explain, forest, trees
 from configs import dndt_breast_cancer, dndt_iris
 
 # ------------------------------------------------------------------------------------------
@@ -89,14 +89,15 @@ def test_leaf_limit_is_a_clear_error_before_compiling():
   config = dndt_breast_cancer.get_config()
   config.model.num_trees = 1
   config.model.features_per_tree = 0
-  info = data.dataset_info(config, data.get_builder(config.dataset))
+  info = data.get_source(config).info()
+  task = tasks.create_task(config, info)
   with pytest.raises(validate.ConfigError) as error:
-    validate.validate_for_data(config, info)
+    validate.validate_for_data(config, info, task)
   message = str(error.value)
   assert "1,073,741,824 leaves" in message and "max_leaves=16,384" in message
   assert "num_trees=10, features_per_tree=10" in message
   # The paper's forest setting is accepted.
-  validate.validate_for_data(dndt_breast_cancer.get_config(), info)
+  validate.validate_for_data(dndt_breast_cancer.get_config(), info, task)
 
 
 def _hand_table():
@@ -168,14 +169,13 @@ def test_soft_tree_loss_and_penalty_on_a_hand_computed_depth_2_tree():
   phi = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 1.0]], np.float32)
   x = np.array([[1.0, 0.0], [-1.0, 1.0]], np.float32)
   beta, lam = 2.0, 0.3
-  model = models.SoftDecisionTree(num_classes=2, depth=2, inverse_temperature=beta,
-                                  penalty_strength=lam, penalty_window=0.0)
+  model = models.SoftDecisionTree(num_classes=2, depth=2, inverse_temperature=beta)
   variables = {"params": {"inner": {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)},
-                          "leaf_logits": jnp.asarray(phi)},
-               "batch_stats": {"alpha": jnp.full((3,), 0.5)}}
-  out, _ = model.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
+                          "leaf_logits": jnp.asarray(phi)}}
+  out = model.apply(variables, jnp.asarray(x), train=True)
   # By hand: p_i = σ(β(x·w_i + b_i)); leaves LL, LR, RL, RR.
   p = _sigmoid(beta * (x @ w + b))
+  np.testing.assert_allclose(out["right_probs"], p, rtol=1e-5)
   leaf_paths = np.stack([(1 - p[:, 0]) * (1 - p[:, 1]), (1 - p[:, 0]) * p[:, 1],
                          p[:, 0] * (1 - p[:, 2]), p[:, 0] * p[:, 2]], 1)
   np.testing.assert_allclose(out["path_probs"], leaf_paths, rtol=1e-5)
@@ -187,10 +187,14 @@ def test_soft_tree_loss_and_penalty_on_a_hand_computed_depth_2_tree():
   alpha = (reach * p).sum(0) / reach.sum(0)
   want_penalty = -lam * sum(2.0**-d * (0.5 * np.log(alpha[i]) + 0.5 * np.log(1 - alpha[i]))
                             for i, d in enumerate([0, 1, 1]))
-  np.testing.assert_allclose(out["penalty"], want_penalty, rtol=1e-5)
-  task = tasks.SoftTreeTask(num_classes=2)
-  np.testing.assert_allclose(task.train_loss(out, jnp.asarray(targets)),
-                             np.array(want_loss) + want_penalty, rtol=1e-5)
+  # The task: the batch's α (window 0), the penalty, and α as its new state.
+  task = tasks.SoftTreeTask(num_classes=2, depth=2, penalty_strength=lam, penalty_window=0.0)
+  state = task.init_state(None, None)
+  batch = {"targets": jnp.asarray(targets)}
+  loss, new_state, metrics = task.loss(out, batch, state, None, None)
+  np.testing.assert_allclose(loss, np.mean(want_loss) + want_penalty, rtol=1e-5)
+  np.testing.assert_allclose(new_state["alpha"], alpha, rtol=1e-5)
+  assert 0.0 <= float(metrics["accuracy"]) <= 1.0
   np.testing.assert_allclose(
       losses.soft_tree_loss(out["path_probs"], out["leaf_log_probs"], jnp.asarray(targets)),
       want_loss, rtol=1e-5)
@@ -200,28 +204,53 @@ def test_soft_tree_loss_and_penalty_on_a_hand_computed_depth_2_tree():
   # Distilled: the targets are the teacher's softmax at temperature T (w = 1).
   teacher = np.array([[3.0, 1.0], [0.0, 2.0]], np.float32)
   soft = np.exp(teacher / 2) / np.exp(teacher / 2).sum(-1, keepdims=True)
-  distilled = tasks.SoftTreeTask(2, distill_temperature=2.0, distill_soft_weight=1.0)
+  distilled = tasks.SoftTreeTask(2, depth=2, penalty_strength=lam, distill_temperature=2.0,
+                                 distill_soft_weight=1.0)
   want = [-sum(leaf_paths[n, l] * (soft[n] * log_q[l]).sum() for l in range(4))
           for n in range(2)]
-  np.testing.assert_allclose(
-      distilled.train_loss(out, jnp.asarray(targets), jnp.asarray(teacher)),
-      np.array(want) + want_penalty, rtol=1e-5)
+  loss, _, _ = distilled.loss(out, {**batch, "teacher_logits": jnp.asarray(teacher)}, state,
+                              None, None)
+  np.testing.assert_allclose(loss, np.mean(want) + want_penalty, rtol=1e-5)
 
 
 def test_soft_tree_running_alpha_follows_the_depth_windows():
-  model = models.SoftDecisionTree(num_classes=3, depth=2, penalty_window=2.0)
+  model = models.SoftDecisionTree(num_classes=3, depth=2)
+  task = tasks.SoftTreeTask(num_classes=3, depth=2, penalty_window=2.0)
   x = np.random.default_rng(3).normal(size=(2, 8, 4)).astype(np.float32)  # two batches
   variables = model.init(jax.random.PRNGKey(1), jnp.asarray(x[0]))
   params = jax.tree_util.tree_map(np.asarray, variables["params"])
   running = np.full(3, 0.5)
   decay = 1 - 1 / np.array([2.0, 4.0, 4.0])  # windows 2·2^d batches
+  state = task.init_state(None, None)
+  labels = np.zeros((8, 3), np.float32)
   for batch in x:
     p = _sigmoid(batch @ params["inner"]["kernel"] + params["inner"]["bias"])
     reach = np.stack([np.ones(8), 1 - p[:, 0], p[:, 0]], 1)
     running = decay * running + (1 - decay) * (reach * p).sum(0) / reach.sum(0)
-    _, new = model.apply(variables, jnp.asarray(batch), train=True, mutable=["batch_stats"])
-    variables = {"params": variables["params"], "batch_stats": new["batch_stats"]}
-    np.testing.assert_allclose(new["batch_stats"]["alpha"], running, rtol=1e-5)
+    out = model.apply(variables, jnp.asarray(batch), train=True)
+    _, state, _ = task.loss(out, {"targets": jnp.asarray(labels)}, state, None, None)
+    np.testing.assert_allclose(state["alpha"], running, rtol=1e-5)
+
+
+def test_soft_tree_alpha_is_the_global_batch_alpha_on_eight_devices():
+  # α sums over the device axis: 8 devices holding 2 examples each give the α of all 16.
+  model = models.SoftDecisionTree(num_classes=3, depth=2)
+  task = tasks.SoftTreeTask(num_classes=3, depth=2, penalty_window=0.0)
+  x = np.random.default_rng(7).normal(size=(16, 4)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(1), jnp.asarray(x[:1]))
+  targets = np.zeros((16, 3), np.float32)
+  state = task.init_state(None, None)
+
+  def per_device(xs, ts):
+    out = model.apply(variables, xs, train=True)
+    return task.loss(out, {"targets": ts}, state, None, "i")[1]["alpha"]
+
+  n = jax.local_device_count()
+  got = jax.pmap(per_device, axis_name="i")(x.reshape(n, -1, 4), targets.reshape(n, -1, 3))
+  _, whole, _ = task.loss(model.apply(variables, jnp.asarray(x), train=True),
+                          {"targets": jnp.asarray(targets)}, state, None, None)
+  for d in range(n):
+    np.testing.assert_allclose(got[d], whole["alpha"], rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------
@@ -279,9 +308,7 @@ def test_forest_prediction_averages_its_trees():
   x = np.random.default_rng(5).normal(size=(4, 5)).astype(np.float32)
   variables = model.init(jax.random.PRNGKey(2), jnp.asarray(x))
   pi = np.random.default_rng(6).dirichlet(np.ones(3), size=(3, 4)).astype(np.float32)
-  variables = {"params": variables["params"],
-               "batch_stats": {"leaf_distributions": jnp.asarray(pi)}}
-  mu = np.asarray(model.apply(variables, jnp.asarray(x), method="routing"))
+  mu = np.asarray(model.apply(variables, jnp.asarray(x))["routing"])
   assert mu.shape == (4, 3, 4)
   np.testing.assert_allclose(mu.sum(-1), 1.0, rtol=1e-5)
   # μ from the trunk's outputs by hand: each tree reads its own 3 of the 10 units.
@@ -292,7 +319,24 @@ def test_forest_prediction_averages_its_trees():
                       d[..., 0] * (1 - d[..., 2]), d[..., 0] * d[..., 2]], -1)
   np.testing.assert_allclose(mu, by_hand, rtol=1e-5)
   want = np.einsum("btl,tlk->bk", by_hand, pi) / 3
-  np.testing.assert_allclose(np.exp(model.apply(variables, jnp.asarray(x))), want, rtol=1e-5)
+  np.testing.assert_allclose(np.exp(forest.forest_log_probs(jnp.asarray(mu), jnp.asarray(pi))),
+                             want, rtol=1e-5)
+  # The forest task predicts with the π of its state.
+  task = tasks.ForestTask(3, num_trees=3, depth=2)
+  np.testing.assert_allclose(
+      np.exp(task.class_logits({"routing": jnp.asarray(mu)},
+                               {"leaf_distributions": jnp.asarray(pi)})), want, rtol=1e-5)
+  # Learned leaves: π = softmax(φ) is a parameter and the module returns log P itself.
+  learned = models.create_model("ndf", num_classes=3, num_decision_units=10, num_trees=3,
+                                depth=2, leaf_learning="gradient",
+                                trunk={"name": "mlp", "hidden": (6,)})
+  v = learned.init(jax.random.PRNGKey(2), jnp.asarray(x))
+  phi = np.random.default_rng(8).normal(size=(3, 4, 3)).astype(np.float32)
+  v = {"params": {**v["params"], "leaf_logits": jnp.asarray(phi)}}
+  mu = np.asarray(learned.apply(v, jnp.asarray(x), method="routing"))
+  soft = np.exp(phi) / np.exp(phi).sum(-1, keepdims=True)
+  np.testing.assert_allclose(np.exp(learned.apply(v, jnp.asarray(x))),
+                             np.einsum("btl,tlk->bk", mu, soft) / 3, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------
@@ -321,11 +365,12 @@ def test_tabular_split_is_stratified_seeded_and_scaled_on_train_only():
 
 def test_tabular_batches_have_device_layout_and_eval_counts_every_row_once():
   config = dndt_iris.get_config()
-  table = data.get_builder(config.dataset)
-  info = data.dataset_info(config, table)
+  source = data.get_source(config)
+  info = source.info()
   assert info.input_key == "features" and info.input_shape == (4,)
+  assert info.num_classes == 3 and info.class_names == source.table.class_names
   assert info.steps_per_epoch == 120 // 32
-  stream = data.train_batches(config, table, 0, 8)
+  stream = source.train_batches(0, 8)
   first = [next(stream) for _ in range(info.steps_per_epoch)]
   assert first[0]["features"].shape == (8, 4, 4) and first[0]["label"].shape == (8, 4)
   seen = np.concatenate([b["features"].reshape(-1, 4) for b in first])
@@ -333,20 +378,21 @@ def test_tabular_batches_have_device_layout_and_eval_counts_every_row_once():
   # Resuming at step 5 gives exactly the batch an uninterrupted stream gives there.
   for _ in range(3):  # steps 3, 4, 5
     later = next(stream)
-  resumed = next(data.train_batches(config, table, 5, 8))
+  resumed = next(source.train_batches(5, 8))
   np.testing.assert_array_equal(resumed["features"], later["features"])
-  batches = list(data.eval_batches(config, table, 8))
+  batches = list(source.eval_batches(8))
   mask = np.concatenate([b["mask"].ravel() for b in batches])
   labels = np.concatenate([b["label"].ravel() for b in batches])
   assert mask.sum() == 30
-  np.testing.assert_array_equal(labels[mask > 0], table.splits["test"][1])
+  np.testing.assert_array_equal(labels[mask > 0], source.table.splits["test"][1])
 
 
 def test_bad_tree_configs_name_the_field():
   from configs import ndf_tabular, sdt_digits
   config = dndt_iris.get_config()
   config.task = "soft_tree"
-  with pytest.raises(validate.ConfigError, match="config.task='soft_tree' needs"):
+  with pytest.raises(validate.ConfigError,
+                     match="config.task='soft_tree' trains a soft decision tree and needs"):
     validate.validate_config(config, num_local_devices=8)
   config = ndf_tabular.get_config()
   config.model.leaf_learning = "magic"
@@ -363,8 +409,20 @@ def test_bad_tree_configs_name_the_field():
   config = ndf_tabular.get_config()
   config.model.num_decision_units = 10
   config.augment.mixup_alpha = 0.2
-  info = data.dataset_info(config, data.get_builder(config.dataset))
+  info = data.get_source(config).info()
   with pytest.raises(validate.ConfigError) as error:
-    validate.validate_for_data(config, info)
+    validate.validate_for_data(config, info, tasks.create_task(config, info))
   assert "num_decision_units=10 is below the 15 decision nodes" in str(error.value)
   assert "['config.augment.mixup_alpha'] must be 0" in str(error.value)
+
+
+def test_a_model_of_table_columns_refuses_image_data():
+  info = data.DatasetInfo(
+      name="sklearn_digits", num_classes=10, num_train_examples=8, num_eval_examples=8,
+      steps_per_epoch=1, input_key="image",
+      element_spec={"image": jax.ShapeDtypeStruct((8, 8, 1), jnp.float32),
+                    "label": jax.ShapeDtypeStruct((), jnp.int32)})
+  problems = models.data_problems(dndt_iris.get_config().model, info)
+  assert len(problems) == 1
+  assert "config.model.name='dndt' reads 'features' inputs" in problems[0]
+  assert "gives 'image'" in problems[0]

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bagtricks import checkpoint, compare_trees, data, precision, train
+import models
+from bagtricks import checkpoint, compare_trees, data, train
 from conftest import REPO
 from configs import dndt_iris, ndf_tabular, sdt_digits
 from test_trees import _np_fixed_point
@@ -32,16 +33,21 @@ def test_fixed_point_forest_refits_leaves_after_the_last_epoch(tmp_path):
   config.forest.leaf_iterations = 7
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["test_accuracy"] >= 0.6
-  # The checkpointed π is the fixed point (from uniform) of the final network's routing of
-  # every training row, computed here again in NumPy.
-  model = train.build_model(config, 3, precision.get_policy("fp32"))
-  table = data.get_builder(config.dataset)
-  x, y = table.splits["train"]
-  template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4))))
-  variables = checkpoint.Checkpointer(str(tmp_path / "checkpoints"),
-                                      read_only=True).restore_variables(template)
-  pi = np.asarray(variables["batch_stats"]["leaf_distributions"])
-  mu = np.asarray(model.apply(variables, jnp.asarray(x), method="routing"), np.float64)
+  # The checkpointed π (the task's state, not a model variable) is the fixed point (from
+  # uniform) of the final network's routing of every training row, computed here in NumPy.
+  source = data.get_source(config)
+  model = models.create_model_from_config(config, source.info())
+  x, y = source.table.splits["train"]
+  template = jax.eval_shape(lambda: {
+      **model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4))),
+      "task_state": {"leaf_distributions": jnp.zeros((10, 16, 3))},
+      "ema": {}})
+  restored = checkpoint.Checkpointer(str(tmp_path / "checkpoints"),
+                                     read_only=True).restore_variables(template)
+  assert restored["ema"] == {}
+  pi = np.asarray(restored["task_state"]["leaf_distributions"])
+  variables = {"params": restored["params"]}
+  mu = np.asarray(model.apply(variables, jnp.asarray(x))["routing"], np.float64)
   want = _np_fixed_point(np.full(pi.shape, 1 / 3), mu, y, np.ones(len(y)), 7)
   np.testing.assert_allclose(pi, want, rtol=2e-3, atol=1e-5)
   assert np.abs(pi - 1 / 3).max() > 0.3

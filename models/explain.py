@@ -1,13 +1,14 @@
 """What a trained tree learned: DNDT rules and self-pruning, a soft decision tree's picture.
 
-``write_model_report`` is called by the trainer at the end of a run; it writes, next to
-``summary.json``:
+The DNDT and soft tree entries of the model registry name ``dndt_report`` and
+``soft_tree_report`` as their reports; the trainer calls a model's report at the end of a run,
+and it writes, next to ``summary.json``:
 
-* for a ``dndt`` on a table: ``rules.txt``, the hard tree (τ → 0) as nested rules in the
+* for a DNDT on a table: ``rules.txt``, the hard tree (τ → 0) as nested rules in the
   data's own units, in the style of scikit-learn's ``export_text``, and returns the test
   accuracy of those hard rules and the features each tree never splits on (the paper's
   "self-pruning": every cut point of the feature lies outside the training data's range);
-* for an ``sdt``: ``tree.png``, each inner node's filter w_i drawn as an image and each leaf's
+* for a soft decision tree: ``tree.png``, each inner node's filter w_i drawn as an image and each leaf's
   class distribution Q^ℓ as a bar chart, like Frosst & Hinton's figures.
 """
 
@@ -222,44 +223,48 @@ def plot_soft_tree(kernel: np.ndarray, leaf_logits: np.ndarray, input_shape: Seq
 
 
 # ------------------------------------------------------------------------------------------
-# The trainer's hook.
+# Reports the model registry declares.
 
 
-def write_model_report(config, params: Dict[str, Any], builder, info,
-                       workdir: str) -> Dict[str, Any]:
-  """Writes the model's pictures or rules into ``workdir``; returns summary entries.
+def soft_tree_report(config, params: Dict[str, Any], source, workdir: str) -> Dict[str, Any]:
+  """Draws ``tree.png`` (``plot_soft_tree``) into ``workdir``; returns its path for the summary.
 
   Args:
-    config: the run config (``model.name`` picks the report).
+    config: the run config (unused beyond the data's description).
     params: the trained parameters (host arrays).
-    builder: what ``data.get_builder`` returned (a ``data.TabularData`` for tables).
-    info: ``data.DatasetInfo``.
+    source: the run's data source (its ``info()`` gives the input shape and class names).
     workdir: the run directory.
-
-  Returns:
-    Entries to add to ``summary.json`` (empty for models without a report).
   """
-  name = config.model.name.lower()
-  if name == "dndt" and hasattr(builder, "splits"):
-    return _dndt_report(config, params, builder, workdir)
-  if name == "sdt":
-    path = os.path.join(workdir, "tree.png")
-    try:
-      plot_soft_tree(params["inner"]["kernel"], params["leaf_logits"], info.input_shape,
-                     _class_names(builder, info.num_classes), path)
-    except ImportError:
-      logging.warning("matplotlib is not installed; no tree.png.")
-      return {}
-    return {"tree_picture": path}
-  return {}
+  del config
+  info = source.info()
+  path = os.path.join(workdir, "tree.png")
+  try:
+    plot_soft_tree(params["inner"]["kernel"], params["leaf_logits"], info.input_shape,
+                   _class_names(info), path)
+  except ImportError:
+    logging.warning("matplotlib is not installed; no tree.png.")
+    return {}
+  return {"tree_picture": path}
 
 
-def _class_names(builder, num_classes: int) -> List[str]:
-  names = getattr(builder, "class_names", None)
-  return list(names) if names else [str(k) for k in range(num_classes)]
+def _class_names(info) -> List[str]:
+  names = getattr(info, "class_names", None)
+  return list(names) if names else [str(k) for k in range(info.num_classes)]
 
 
-def _dndt_report(config, params, table, workdir: str) -> Dict[str, Any]:
+def dndt_report(config, params: Dict[str, Any], source, workdir: str) -> Dict[str, Any]:
+  """Writes ``rules.txt`` for a DNDT trained on a table; returns the hard rules' test accuracy
+  and each tree's pruned features. Nothing for data that is not a table (no ``source.table``).
+
+  Args:
+    config: the run config (reads ``model.*`` and the dataset's split names).
+    params: the trained parameters (host arrays).
+    source: the run's data source; a table source carries ``table`` (names, units, splits).
+    workdir: the run directory.
+  """
+  table = getattr(source, "table", None)
+  if table is None:
+    return {}
   m = config.model
   train_x, _ = table.splits[config.dataset.train_split]
   test_x, test_y = table.splits[config.dataset.eval_split]

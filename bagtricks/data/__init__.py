@@ -1,0 +1,90 @@
+"""Input pipeline: any dataset → device-shaped NumPy batches through one ``Source`` protocol.
+
+A ``Source`` (``base.py``) gives the run's ``DatasetInfo``, endless training batches that are a
+pure function of (config, step), and exact evaluation batches (every example once, padding
+masked). Every batch layout flows through the same loop: images and labels, table features
+and labels, int32 tokens, float regression targets; ``DatasetInfo.input_key`` names the
+model input and ``DatasetInfo.element_spec`` one example per key.
+
+  base.py         ``DataError``, ``DatasetInfo``, ``Source`` and the batch arithmetic.
+  tfds_images.py  any prepared TFDS image dataset (``TfdsImageSource``); never downloads.
+  arrays.py       splits of in-memory arrays (``ArraySource``).
+  padded_eval.py  the padded, masked exact-evaluation iterators.
+  bundled.py      scikit-learn's digits (written once as a TFDS dataset) and tables.
+
+``get_source(config)`` looks ``config.dataset.name`` up among the registered sources (the
+bundled ones, and any added with ``register_source``), and otherwise reads it as a TFDS
+catalog dataset under ``config.dataset.data_dir``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+from bagtricks.data.arrays import ArraySource
+from bagtricks.data.base import (Batch, DataError, DatasetInfo, Source, per_process_batch_size,
+                                 steps_per_epoch, to_device_layout)
+from bagtricks.data.bundled import (BUNDLED_SOURCES, LOCAL_SOURCES, REGRESSION_SOURCES,
+                                    TABULAR_SOURCES, TabularData, TabularSource, digits_arrays,
+                                    load_tabular, prepare_sklearn_digits)
+from bagtricks.data.padded_eval import ArrayEvalBatches, PaddedEvalBatches, pad_batch
+from bagtricks.data.tfds_images import TfdsImageSource, resolve_data_dir
+
+SourceFactory = Callable[..., Source]
+
+_REGISTRY: Dict[str, SourceFactory] = {}
+
+
+def register_source(name: str, factory: SourceFactory) -> None:
+  """Makes ``config.dataset.name == name`` read ``factory(config)``.
+
+  A registered name takes precedence over a TFDS catalog dataset of the same name;
+  registering a name again replaces its factory.
+
+  Args:
+    name: the dataset name.
+    factory: ``factory(config) -> Source``, given the whole run config.
+  """
+  _REGISTRY[name] = factory
+
+
+def source_names() -> Tuple[str, ...]:
+  """The registered dataset names (the bundled ones first), in registration order."""
+  return tuple(_REGISTRY)
+
+
+for _name, _factory in BUNDLED_SOURCES.items():
+  register_source(_name, _factory)
+
+# The bundled dataset names (``source_names()`` also lists those registered later).
+SOURCE_NAMES = source_names()
+
+
+def get_source(config) -> Source:
+  """The ``Source`` for the run's ``config.dataset``.
+
+  Args:
+    config: the whole run config (reads ``dataset.*``, ``batch_size``, ``eval_batch_size``,
+      ``seed``).
+
+  Returns:
+    The registered source named ``config.dataset.name``, or else a ``TfdsImageSource`` over
+    the TFDS catalog dataset of that name (preparing a bundled dataset if needed).
+
+  Raises:
+    DataError: the dataset is unknown or not prepared, or a configured split does not exist.
+  """
+  factory = _REGISTRY.get(config.dataset.name)
+  if factory is not None:
+    return factory(config)
+  return TfdsImageSource(config, known_names=source_names())
+
+
+__all__ = [
+    "ArrayEvalBatches", "ArraySource", "Batch", "DataError", "DatasetInfo", "LOCAL_SOURCES",
+    "PaddedEvalBatches", "REGRESSION_SOURCES", "SOURCE_NAMES", "Source", "TABULAR_SOURCES",
+    "TabularData", "TabularSource", "TfdsImageSource", "digits_arrays", "get_source",
+    "load_tabular", "pad_batch", "per_process_batch_size", "prepare_sklearn_digits",
+    "register_source", "resolve_data_dir", "source_names", "steps_per_epoch",
+    "to_device_layout",
+]

@@ -24,8 +24,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-import configs
-from bagtricks import checkpoint, data, train, validate
+from bagtricks import cli
+
+cli.quiet_native_logs()  # Before TensorFlow is imported.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import configs  # noqa: E402
+from bagtricks import train  # noqa: E402
 
 # ImageNet top-1 (%) of the paper's ResNet-50 for the steps it reports: the efficient-training
 # baseline (Table 3), then the refinements stacked on ResNet-50-D (Table 6; mixup there is
@@ -176,13 +181,13 @@ def run_ablation(config, step_names: Sequence[str], workdir: str, seeds: Sequenc
       if run_config.distill.enabled:
         teacher_dir = os.path.join(workdir, "teacher" + (f"_s{seed}" if len(seeds) > 1 else ""))
         if teacher_dir not in teacher_summaries:
-          teacher_summaries[teacher_dir] = train.train_or_reuse(
+          teacher_summaries[teacher_dir] = train.train_and_evaluate(
               _teacher_config(run_config, teacher_model, teacher_width), teacher_dir)
         run_config.distill.teacher_workdir = teacher_dir
         run_config.distill.teacher_config = ""
       run_dir = os.path.join(workdir, f"{index:02d}_{name}" + (f"_s{seed}" if len(seeds) > 1
                                                                  else ""))
-      summary = train.train_or_reuse(run_config, run_dir)
+      summary = train.train_and_evaluate(run_config, run_dir)
       steps_per_epoch = summary["steps"] / run_config.num_epochs
       runs.append({"summary": summary, "curves": read_curves(run_dir, steps_per_epoch)})
     accuracies = [100 * r["summary"]["test_accuracy"] for r in runs]
@@ -280,6 +285,8 @@ def plot_curves(rows: List[Dict], path: str) -> None:
   plt.close(fig)
 
 
+if __name__ == "__main__":
+  cli.exit_on_bad_config_flag(sys.argv, "config", configs.config_path("default"))
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.config_path("default"),
     "Starting config; fields overridable as --config.field=value.", lock_config=True)
@@ -299,7 +306,7 @@ _EVAL_EVERY = flags.DEFINE_float("eval_every_epochs", 2.0,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  train.configure_logging()
+  cli.configure_logging()
   config = _CONFIG.value.copy_and_resolve_references()
   config.eval_every_epochs = _EVAL_EVERY.value
   config_file = config_flags.get_config_filename(flags.FLAGS["config"])
@@ -307,15 +314,9 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join("runs", f"ablate_{name}")
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [config.seed]
   start = time.time()
-  try:
-    rows = run_ablation(config, _STEPS.value, workdir, seeds, _TEACHER_MODEL.value,
-                        _TEACHER_WIDTH.value)
-  except (AblationError, train.WorkdirError, validate.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except train.Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(143)
+  rows = cli.run_reporting_errors(run_ablation, config, _STEPS.value, workdir, seeds,
+                                  _TEACHER_MODEL.value, _TEACHER_WIDTH.value,
+                                  usage_errors=(AblationError,))
   table = markdown_table(rows)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "ablation.md"), "w") as f:
@@ -329,4 +330,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

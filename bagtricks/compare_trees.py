@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 from absl import app, flags
 
-from bagtricks import checkpoint, data, train, validate
-from configs import default as default_config
+from bagtricks import cli
+
+cli.quiet_native_logs()  # Before TensorFlow is imported.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from bagtricks import data, train  # noqa: E402
+from configs import default as default_config  # noqa: E402
 from configs import (dndt_breast_cancer, dndt_iris, dndt_wine, ndf_digits, ndf_tabular,
                      sdt_digits, sdt_distill_digits)
 
@@ -78,9 +82,9 @@ def dndt_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
     row = {"dataset": name, "paper_dndt": PAPER_DNDT[name], "dndt": [], "dndt_rules": [],
            "sndf": [], "decision_tree": [], "mlp": []}
     for seed in seeds:
-      dndt = train.train_or_reuse(_seeded(module.get_config, seed, split_seed=seed),
+      dndt = train.train_and_evaluate(_seeded(module.get_config, seed, split_seed=seed),
                                  os.path.join(workdir, f"dndt_{name}_s{seed}"))
-      sndf = train.train_or_reuse(
+      sndf = train.train_and_evaluate(
           _seeded(ndf_tabular.get_config, seed, name=name, split_seed=seed),
           os.path.join(workdir, f"sndf_{name}_s{seed}"))
       row["dndt"].append(100 * dndt["test_accuracy"])
@@ -96,7 +100,7 @@ def sdt_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
   """Table 2: the soft tree on labels vs distilled from a ResNet-18-D trained here."""
   # The teacher is the softmax-head ResNet-18-D of table 3 (the default run, seed 0).
   teacher_dir = os.path.join(workdir, "digits_softmax_s0")
-  teacher = train.train_or_reuse(default_config.get_config(), teacher_dir)
+  teacher = train.train_and_evaluate(default_config.get_config(), teacher_dir)
   rows = []
   for label, get_config in (("direct", sdt_digits.get_config),
                             ("distilled", sdt_distill_digits.get_config)):
@@ -106,7 +110,7 @@ def sdt_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
       config = _seeded(get_config, seed)
       if config.distill.enabled:
         config.distill.teacher_workdir = teacher_dir
-      summary = train.train_or_reuse(config, os.path.join(workdir, f"sdt_{label}_s{seed}"))
+      summary = train.train_and_evaluate(config, os.path.join(workdir, f"sdt_{label}_s{seed}"))
       row["max_path"].append(100 * summary["test_accuracy_max_path"])
       row["mixture"].append(100 * summary["test_accuracy"])
     rows.append(row)
@@ -121,7 +125,7 @@ def ndf_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
     accuracies = []
     for seed in seeds:
       key = "softmax" if "softmax" in label else "ndf"
-      summary = train.train_or_reuse(_seeded(get_config, seed),
+      summary = train.train_and_evaluate(_seeded(get_config, seed),
                                     os.path.join(workdir, f"digits_{key}_s{seed}"))
       accuracies.append(100 * summary["test_accuracy"])
     rows.append({"model": label, "accuracy": accuracies})
@@ -158,19 +162,14 @@ def markdown_tables(dndt: List[Dict], sdt: List[Dict], ndf: List[Dict],
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  train.configure_logging()
+  cli.configure_logging()
   workdir = flags.FLAGS.workdir
   seeds = [int(s) for s in flags.FLAGS.seeds]
   image_seeds = [int(s) for s in flags.FLAGS.image_seeds]
   start = time.time()
-  try:
-    dndt = dndt_rows(workdir, seeds)
-    sdt = sdt_rows(workdir, seeds)
-    ndf = ndf_rows(workdir, image_seeds)
-  except (train.WorkdirError, validate.ConfigError, data.DataError,
-          checkpoint.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  dndt = cli.run_reporting_errors(dndt_rows, workdir, seeds)
+  sdt = cli.run_reporting_errors(sdt_rows, workdir, seeds)
+  ndf = cli.run_reporting_errors(ndf_rows, workdir, image_seeds)
   tables = markdown_tables(dndt, sdt, ndf, seeds, image_seeds)
   with open(os.path.join(workdir, "trees.md"), "w") as f:
     f.write(tables)
@@ -192,4 +191,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -5,26 +5,40 @@ r"""The training command: flags → ``train.train_and_evaluate(config, workdir)`
   bagtricks-train --config=path/to/my_config.py      # the same command, installed
 
 --workdir defaults to runs/<config file name>; rerunning the same command resumes from the
-latest checkpoint there. The final metrics are written to <workdir>/summary.json and printed as
-the last line.
+latest checkpoint there (a finished run is reported and left as it is; --evaluate_again
+evaluates it again). The final metrics are written to <workdir>/summary.json and printed as the
+last line. A bad command line, config, workdir, dataset or checkpoint stops the run before
+anything is compiled or written, with one line on stderr and exit status 2; a diverging run
+stops with exit status 1, its latest checkpoint the last finite one; SIGTERM saves and exits
+with 143. --verbosity (-v) shows the libraries' own log lines too.
 """
 
 import json
 import os
 import sys
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
+from bagtricks import cli
 
-import configs
-from bagtricks import checkpoint, data, train, validate
+cli.quiet_native_logs()  # Before TensorFlow is imported.
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import configs  # noqa: E402
+from bagtricks import train  # noqa: E402
+
+_DEFAULT_CONFIG = configs.config_path("default")
+cli.exit_on_bad_config_flag(sys.argv, "config", _DEFAULT_CONFIG)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.config_path("default"),
+    "config", _DEFAULT_CONFIG,
     "Training config file (a get_config() module); fields overridable as --config.field=value.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default runs/<config name>.")
+_EVALUATE_AGAIN = flags.DEFINE_bool(
+    "evaluate_again", False, "For a finished run: evaluate it again and add the results to its "
+    "records (without it, a finished run is reported and left as it is).")
 
 
 def _default_workdir() -> str:
@@ -36,22 +50,16 @@ def _default_workdir() -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  train.configure_logging()
+  cli.configure_logging()
   workdir = _WORKDIR.value or _default_workdir()
-  try:
-    summary = train.train_and_evaluate(_CONFIG.value, workdir)
-  except (validate.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except train.Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(143)
+  summary = cli.run_reporting_errors(train.train_and_evaluate, _CONFIG.value, workdir,
+                                     evaluate_again=_EVALUATE_AGAIN.value)
   print(json.dumps(summary), flush=True)
 
 
 def run() -> None:
   """The ``bagtricks-train`` console command."""
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

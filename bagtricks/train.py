@@ -13,7 +13,6 @@ to one of them (a task's between-epoch refit, a model's end-of-run report) is de
 from __future__ import annotations
 
 import json
-import logging as pylogging
 import os
 import signal
 import time
@@ -26,23 +25,11 @@ from absl import logging
 from clu import metric_writers
 
 import models
-from bagtricks import checkpoint, data, distill, hooks, optim, precision, steps, tasks
-from bagtricks import validate
+from bagtricks import checkpoint, data, distill, hooks, optim, precision, records, steps
+from bagtricks import tasks, validate
+from bagtricks.divergence import Diverged, DivergenceGuard, check_finite_state
 from bagtricks.parallel import AXIS_NAME, DataParallel
 from bagtricks.state import init_train_state
-
-
-class _DropLibraryInfo(pylogging.Filter):
-  """Keeps Orbax's per-save INFO chatter out of the progress log; its warnings still show."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
-
-
-def configure_logging() -> None:
-  """INFO progress lines for the command-line tools, without Orbax's per-save messages."""
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
 class Preempted(Exception):
@@ -79,58 +66,13 @@ def refit_batch(source, split: str, max_batches: int, num_devices: int) -> Dict[
   return {k: np.concatenate([b[k] for b in batches], axis=1) for k in batches[0]}
 
 
-class _JsonlWriter(metric_writers.MetricWriter):
-  """Appends one JSON object per line to ``metrics.jsonl`` (easy to read with pandas or jq).
-
-  A writer of our own because clu ships none that writes a plain-text file: its writers are
-  TensorBoard (``SummaryWriter``), logging and in-memory ones. The ablation runner and users
-  read the curves from this file without TensorFlow. Only scalars are recorded; images, texts
-  and the like go to TensorBoard alone.
-  """
-
-  def __init__(self, path: str):
-    self._path = path
-
-  def write_scalars(self, step: int, scalars) -> None:
-    with open(self._path, "a") as f:
-      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
-              + "\n")
-
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
-
-
 def _metric_writer(workdir: str, is_main: bool) -> metric_writers.MetricWriter:
   # Only process 0 writes; the progress line is logged by the loop itself.
   if not is_main:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncWriter(metric_writers.MultiWriter([
       metric_writers.SummaryWriter(workdir),
-      _JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+      records.JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
   ]))
 
 
@@ -192,29 +134,45 @@ def _results_line(results: Dict[str, float]) -> str:
                    if not k.endswith("test_examples"))
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Dict[str, Any]:
   """Trains and evaluates the model ``config`` describes, writing everything to ``workdir``.
 
-  Resumes from the latest checkpoint in ``workdir/checkpoints`` if there is one.
+  Resumes from the latest checkpoint in ``workdir/checkpoints`` if there is one; a run that
+  already finished is reported as it is, its records untouched. Nothing is written before
+  the config, the workdir, the data and the model have passed their checks.
 
   Args:
     config: an ``ml_collections.ConfigDict`` (see ``configs/default.py``).
     workdir: output directory (checkpoints, metrics, summary).
+    evaluate_again: for a finished run, evaluate its final weights again and add the results
+      to its records (a ``metrics.jsonl`` line, the summary's test results) instead of only
+      reporting it.
 
   Returns:
     The summary dict also written to ``workdir/summary.json``.
 
   Raises:
     validate.ConfigError: invalid config (before anything is compiled).
+    records.WorkdirError: the workdir is unusable or holds a run of another config.
     data.DataError: missing or unknown dataset.
     checkpoint.CheckpointError: the workdir holds an incompatible or damaged checkpoint.
+    Diverged: the training loss became non-finite (or fp16 loss scaling gave up); the
+      latest checkpoint holds the last finite state.
     Preempted: SIGTERM arrived; a checkpoint was saved.
   """
   maybe_initialize_distributed(config)
   devices = select_devices(config)
   validate.validate_config(config, len(devices))
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  records.check_workdir(workdir, config, probe_writes=is_main)
+  # Only a finished run writes its summary, and check_workdir has ruled out another config's.
+  summary_path = os.path.join(workdir, "summary.json")
+  finished = os.path.exists(summary_path)
+  if finished and not evaluate_again:
+    logging.info("The run in %s has finished; its records are left as they are "
+                 "(evaluate_again evaluates it again).", workdir)
+    with open(summary_path) as f:
+      return json.load(f)
 
   source = data.get_source(config)
   info = source.info()
@@ -240,9 +198,14 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
   host_state = init_train_state(model, tx, task, info.example_batch(), config.seed,
                                 ema=use_ema)
+  os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  config.checkpoint_every_steps, config.keep_checkpoints)
-  restored = ckpt.restore(host_state)
+  try:
+    restored = ckpt.restore(host_state)
+  except checkpoint.CheckpointError:
+    ckpt.close()  # Stops Orbax's background threads before the error is reported.
+    raise
   if restored is not None:
     host_state = restored
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(host_state.step))
@@ -250,6 +213,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    # A resumed run logs the steps after its checkpoint again: drop their old records.
+    records.keep_steps_up_to(os.path.join(workdir, "metrics.jsonl"), start_step)
 
   dp = DataParallel(config.parallel, devices)
   p_state = dp.replicate(host_state)
@@ -288,6 +253,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
   eval_every = int(round(config.eval_every_epochs * steps_per_epoch))
   pending = []  # Device metrics since the last log line; fetched together to avoid syncs.
+  guard = DivergenceGuard(config, policy.loss_scaling,
+                          config.loss_scale.get("min_scale", 1.0))
+  unchecked = []  # (step, device metrics) not yet seen by the guard.
   loop_start = time.time()
   first_step_seconds = None
   window_start, window_steps = loop_start, 0
@@ -302,6 +270,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       if refit_step is not None and step % refit_every == 0:
         p_state = refit_step(p_state, refit_data)
       pending.append(metrics)
+      unchecked.append((step, metrics))
       if first_step_seconds is None:
         jax.block_until_ready(metrics)
         first_step_seconds = time.time() - loop_start
@@ -311,6 +280,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         window_steps += 1
 
       if pending and (step % config.log_every_steps == 0 or step == total_steps):
+        _check_divergence(guard, dp, unchecked, ckpt)
         now = time.time()
         logged = _mean_metrics(dp, pending)
         pending.clear()
@@ -340,7 +310,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       preempted = sigterm.received if jax.process_count() == 1 else ckpt.reached_preemption(
           step)
       if preempted or ckpt.should_save(step) or step == total_steps:
-        ckpt.save(step, dp.unreplicate(p_state), force=preempted or step == total_steps)
+        _check_divergence(guard, dp, unchecked, ckpt)
+        host_state = dp.unreplicate(p_state)
+        check_finite_state(host_state, step, ckpt.latest_step())
+        ckpt.save(step, host_state, force=preempted or step == total_steps)
       if preempted:
         ckpt.wait()
         writer.flush()
@@ -357,6 +330,17 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   steps_run = step - start_step
   timed_steps = max(steps_run - 1, 0)
   timed_seconds = train_seconds - (first_step_seconds or 0.0)
+  if finished:  # Evaluated again: the training records stay, the new results are added.
+    with open(summary_path) as f:
+      summary = json.load(f)
+    summary.update({k: v for k, v in results.items() if k != "ema_test_examples"})
+    summary["evaluations"] = summary.get("evaluations", 1) + 1
+    writer.write_scalars(step, {**results, "evaluation": summary["evaluations"]})
+    writer.flush()
+    writer.close()
+    if is_main:
+      records.write_json(summary_path, summary)
+    return summary
   summary = {
       "config": config.get("name", config.model.name + "_" + info.name),
       **{k: v for k, v in results.items() if k != "ema_test_examples"},
@@ -377,34 +361,22 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   writer.flush()
   writer.close()
   if is_main:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  return summary
+    records.write_json(summary_path, summary)
+  return records.strict_json(summary)
 
 
-class WorkdirError(ValueError):
-  """The workdir already holds a finished run of a different config."""
-
-
-def train_or_reuse(config, workdir: str) -> Dict[str, Any]:
-  """``train_and_evaluate`` unless ``workdir`` already holds a finished run of ``config``.
-
-  Lets a command that trains many runs (an ablation, a comparison table) be rerun after an
-  interruption: finished runs are read back, an interrupted one resumes from its checkpoint.
-
-  Raises:
-    WorkdirError: ``workdir`` holds a finished run whose config differs.
-  """
-  summary_path = os.path.join(workdir, "summary.json")
-  if os.path.exists(summary_path):
-    with open(os.path.join(workdir, "config.json")) as f:
-      if f.read() == config.to_json_best_effort(indent=2):
-        logging.info("Reusing the finished run in %s.", workdir)
-        with open(summary_path) as g:
-          return json.load(g)
-    raise WorkdirError(f"{workdir} holds a finished run of another config; use a new "
-                       "--workdir or delete that folder.")
-  return train_and_evaluate(config, workdir)
+def _check_divergence(guard: DivergenceGuard, dp: DataParallel, unchecked: list,
+                      ckpt: checkpoint.Checkpointer) -> None:
+  # Every step since the last check, in order; raises Diverged (after Orbax's pending saves
+  # are done, so the latest checkpoint is complete).
+  try:
+    for step, metrics in unchecked:
+      guard.check(step, dp.metrics_to_host(metrics), ckpt.latest_step())
+  except Diverged:
+    ckpt.wait()
+    ckpt.close()
+    raise
+  unchecked.clear()
 
 
 def _mean_metrics(dp: DataParallel, pending: list) -> Dict[str, float]:

@@ -21,6 +21,14 @@ class ConfigError(ValueError):
   """One or more config fields are invalid."""
 
 
+def _raise_if_any(problems: List[str]) -> None:
+  # One problem reads as one line; several as a list, all at once.
+  if len(problems) == 1:
+    raise ConfigError(f"Invalid config: {problems[0]}")
+  if problems:
+    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+
+
 def _field(config, field: str):
   """The value of a dotted config field such as ``'augment.gridmask.prob'``."""
   value = config
@@ -106,8 +114,7 @@ def validate_for_data(config, info, task) -> None:
                     f"augmentations {['config.' + f for f in active]} must be 0.")
   problems += models.data_problems(config.model, info)
   problems += tasks.data_problems(config, info)
-  if problems:
-    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+  _raise_if_any(problems)
 
 
 def validate_config(config, num_local_devices: int) -> None:
@@ -167,6 +174,9 @@ def validate_config(config, num_local_devices: int) -> None:
           f"{devices}, e.g. {max(devices, value // devices * devices)}.")
 
   _check_augment(config, problems)
+  if "divergence" in config:
+    _positive(config, "divergence.window_steps", problems, integer=True)
+    _in_range(config, "divergence.max_skipped_fraction", 0.0, 1.0, problems)
   if not 0.0 <= config.ema.decay < 1.0:
     problems.append(f"config.ema.decay={config.ema.decay} must be in [0, 1) (0 = no EMA; "
                     "e.g. 0.9999 for runs of 100+ epochs).")
@@ -185,5 +195,4 @@ def validate_config(config, num_local_devices: int) -> None:
     except ValueError as e:
       problems.append(f"config.dataset.{field}: {e}")
 
-  if problems:
-    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+  _raise_if_any(problems)

@@ -111,6 +111,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.temperature = 20.0   # Bag of Tricks §5.3.
   config.distill.soft_weight = 0.5
 
+  # Divergence: a non-finite loss stops the run; under fp16 loss scaling, so does skipping
+  # more than this fraction of the last window_steps steps (or skipping at the scale's floor).
+  config.divergence = ml_collections.ConfigDict()
+  config.divergence.window_steps = 100
+  config.divergence.max_skipped_fraction = 0.5
+
   config.parallel = "pmap"
   config.num_devices = 0  # 0: all local devices.
   config.distributed = ml_collections.ConfigDict()

@@ -82,6 +82,6 @@ def test_ablation_cli_on_digits(digits_data_dir, tmp_path):
   mtime = os.path.getmtime(workdir / "01_distill" / "metrics.jsonl")
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "Reusing the finished run" in again.stderr
+  assert "has finished; its records are left as they are" in again.stderr
   assert os.path.getmtime(workdir / "01_distill" / "metrics.jsonl") == mtime
   assert (workdir / "ablation.md").read_text() == table

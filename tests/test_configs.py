@@ -51,5 +51,5 @@ def test_imagenet_config_has_the_papers_full_set():
   # Without a trained teacher the run stops at once and says what to do.
   with pytest.raises(validate.ConfigError) as info:
     validate.validate_config(config, num_local_devices=8)
-  problems = str(info.value).splitlines()[1:]
-  assert len(problems) == 1 and "train the teacher first" in problems[0]
+  # One problem, on one line.
+  assert len(str(info.value).splitlines()) == 1 and "train the teacher first" in str(info.value)

@@ -11,7 +11,8 @@ from conftest import REPO
 # The modules every kind of problem goes through.
 LOOP_MODULES = ["train.py", "bagtricks/main.py", "bagtricks/train.py", "bagtricks/steps.py",
                 "bagtricks/state.py", "bagtricks/parallel.py", "bagtricks/hooks.py",
-                "bagtricks/checkpoint.py", "bagtricks/validate.py", "bagtricks/tasks/base.py"]
+                "bagtricks/checkpoint.py", "bagtricks/validate.py", "bagtricks/tasks/base.py",
+                "bagtricks/cli.py", "bagtricks/records.py", "bagtricks/divergence.py"]
 
 
 def _modules():

@@ -118,6 +118,10 @@ def test_resume_after_sigkill_is_bit_exact(reference_run, digits_data_dir):
   assert step_a == step_b == TOTAL_STEPS
   _assert_bitwise_equal(resumed, uninterrupted)
   assert summary["test_accuracy"] == reference_run["summary"]["test_accuracy"]
+  # The steps logged after the last checkpoint before the kill are logged once, not twice.
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))
+           if "loss" in json.loads(l)]
+  assert steps == sorted(set(steps)) and steps[-1] == TOTAL_STEPS
 
 
 @pytest.mark.slow
@@ -156,6 +160,8 @@ def test_incompatible_checkpoint_is_refused_and_kept(reference_run, digits_data_
   workdir = str(tmp_path / "copy")
   shutil.copytree(reference_run["workdir"], workdir)
   before = _tree_bytes(os.path.join(workdir, "checkpoints"))
+  os.remove(os.path.join(workdir, "config.json"))  # else the config check refuses it first
+  os.remove(os.path.join(workdir, "summary.json"))
   config = tiny_config(digits_data_dir)
   config.num_epochs = 3
   config.model.width_multiplier = 0.25  # a different model than the one saved
@@ -168,6 +174,7 @@ def test_incompatible_checkpoint_is_refused_and_kept(reference_run, digits_data_
 def test_corrupt_checkpoint_is_refused_and_kept(reference_run, digits_data_dir, tmp_path):
   workdir = str(tmp_path / "copy")
   shutil.copytree(reference_run["workdir"], workdir)
+  os.remove(os.path.join(workdir, "summary.json"))  # an unfinished run reads its checkpoint
   latest = os.path.join(workdir, "checkpoints", str(TOTAL_STEPS))
   for root, _, files in os.walk(latest):
     for name in files:

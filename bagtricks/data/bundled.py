@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import io
 import os
 from typing import Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from bagtricks.data.arrays import ArraySource
 from bagtricks.data.base import DataError
@@ -89,18 +91,22 @@ def prepare_sklearn_digits(data_dir: str) -> None:
         name: tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
         for name, (x, y) in digits_arrays().items()
     }
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name="sklearn_digits",
-        version=_LOCAL_VERSION,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        split_datasets=splits,
-        data_dir=data_dir,
-        description="scikit-learn's bundled handwritten digits (UCI ML), stratified 80/20.",
-        homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
-    )
+    # TFDS prints its generic "Downloading and preparing" lines to stdout; nothing is
+    # downloaded, so one line of our own says what happens instead.
+    logging.info("Writing the bundled digits once into %s (offline).", data_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+      tfds.dataset_builders.store_as_tfds_dataset(
+          name="sklearn_digits",
+          version=_LOCAL_VERSION,
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(shape=(8, 8, 1)),
+              "label": tfds.features.ClassLabel(num_classes=10),
+          }),
+          split_datasets=splits,
+          data_dir=data_dir,
+          description="scikit-learn's bundled handwritten digits (UCI ML), stratified 80/20.",
+          homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
+      )
 
 
 def digits_source(config) -> TfdsImageSource:

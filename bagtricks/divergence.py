@@ -1,0 +1,95 @@
+"""Stops a run that diverges, before it writes a checkpoint of non-finite numbers.
+
+The train loop hands every step's metrics (fetched where it syncs anyway: at log lines and
+before checkpoints) to ``DivergenceGuard.check``, which raises ``Diverged`` on
+
+* a non-finite training loss, unless dynamic loss scaling skipped that very step (an fp16
+  overflow the scaler handles);
+* under dynamic loss scaling, more than ``max_skipped_fraction`` of the last ``window_steps``
+  steps skipped, or a skipped step at the scale's floor (scaling has nothing left to try);
+
+and ``check_finite_state`` refuses to let a state with a non-finite parameter be saved.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Dict
+
+import jax
+import numpy as np
+
+
+class Diverged(RuntimeError):
+  """Training diverged; the latest checkpoint holds the last finite state."""
+
+
+class DivergenceGuard:
+  """Checks each step's metrics, in step order (see the module docstring).
+
+  Args:
+    config: the run config (reads ``divergence.*``, ``precision``, ``optimizer.base_lr``,
+      ``schedule.warmup_epochs`` and ``loss_scale``) for the thresholds and the advice.
+    loss_scaling: whether the optimizer has a dynamic loss scale.
+    min_scale: the loss scale's floor.
+  """
+
+  def __init__(self, config, loss_scaling: bool, min_scale: float = 1.0):
+    self.config = config
+    self.loss_scaling = loss_scaling
+    self.min_scale = min_scale
+    settings = config.get("divergence") or {}
+    self.window = int(settings.get("window_steps", 100))
+    self.max_fraction = float(settings.get("max_skipped_fraction", 0.5))
+    self._skipped = collections.deque(maxlen=self.window + 1)  # cumulative counts
+
+  def _advice(self) -> str:
+    c = self.config
+    advice = [f"a lower --config.optimizer.base_lr (now {c.optimizer.base_lr:g})",
+              f"a longer warm-up (--config.schedule.warmup_epochs, now "
+              f"{c.schedule.warmup_epochs:g})"]
+    if not c.optimizer.grad_clip_norm:
+      advice.append("gradient clipping (--config.optimizer.grad_clip_norm=1.0)")
+    if c.precision == "fp16":
+      advice.append("--config.precision=bf16 or fp32")
+    return "Try " + ", ".join(advice[:-1]) + " or " + advice[-1] + "."
+
+  def _stop(self, step: int, metrics: Dict[str, float], what: str, latest_checkpoint) -> None:
+    where = (f"checkpoint {latest_checkpoint}, the last with finite parameters, stays the "
+             "latest" if latest_checkpoint is not None else "no checkpoint was written")
+    raise Diverged(f"training diverged at step {step}: {what} (learning rate "
+                   f"{metrics.get('learning_rate', float('nan')):.4g}); {where}. "
+                   + self._advice())
+
+  def check(self, step: int, metrics: Dict[str, float], latest_checkpoint=None) -> None:
+    """Raises ``Diverged`` if step ``step`` (with its host ``metrics``) shows divergence."""
+    loss = metrics["loss"]
+    skipped_total = int(metrics.get("skipped_steps", 0))
+    skipped_now = bool(self._skipped) and skipped_total > self._skipped[-1]
+    self._skipped.append(skipped_total)
+    if not math.isfinite(loss) and not (self.loss_scaling and skipped_now):
+      self._stop(step, metrics, f"the training loss is {loss}", latest_checkpoint)
+    if not self.loss_scaling:
+      return
+    if skipped_now and metrics.get("loss_scale", math.inf) <= self.min_scale:
+      self._stop(step, metrics, f"the loss scale fell to its floor ({self.min_scale:g}) and "
+                 "the gradients are still not finite", latest_checkpoint)
+    if len(self._skipped) > self.window:
+      recent = self._skipped[-1] - self._skipped[0]
+      if recent > self.max_fraction * self.window:
+        self._stop(step, metrics, f"{recent} of the last {self.window} steps were skipped "
+                   "for non-finite gradients", latest_checkpoint)
+
+
+def check_finite_state(state: Any, step: int, latest_checkpoint=None) -> None:
+  """Raises ``Diverged`` if any floating array of the (host) state is not finite."""
+  for path, array in jax.tree_util.tree_flatten_with_path(state)[0]:
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+      where = (f"checkpoint {latest_checkpoint} stays the latest" if latest_checkpoint
+               is not None else "no checkpoint was written")
+      raise Diverged(f"training diverged by step {step}: {jax.tree_util.keystr(path)} holds "
+                     f"non-finite values, so it is not saved; {where}. Try a lower "
+                     "--config.optimizer.base_lr or gradient clipping "
+                     "(--config.optimizer.grad_clip_norm=1.0).")

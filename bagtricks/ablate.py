@@ -304,8 +304,7 @@ _EVAL_EVERY = flags.DEFINE_float("eval_every_epochs", 2.0,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.exit_on_positional_arguments(argv)
   cli.configure_logging()
   config = _CONFIG.value.copy_and_resolve_references()
   config.eval_every_epochs = _EVAL_EVERY.value

@@ -176,6 +176,14 @@ def exit_on_bad_config_flag(argv: Sequence[str], flag: str = "config",
     sys.exit(USAGE_ERROR)
 
 
+def exit_on_positional_arguments(argv: Sequence[str]) -> None:
+  """Exit status 2 with one line if the command line has arguments that are not flags."""
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {list(argv[1:])}; every setting is a flag, e.g. "
+          "--config.num_epochs=10 (see --helpshort).", file=sys.stderr, flush=True)
+    sys.exit(USAGE_ERROR)
+
+
 def parse_flags(argv: List[str]) -> List[str]:
   """absl's flag parsing, with a bad value reported in one line and exit status 2."""
   from absl import flags  # pylint: disable=import-outside-toplevel

@@ -160,8 +160,7 @@ def markdown_tables(dndt: List[Dict], sdt: List[Dict], ndf: List[Dict],
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.exit_on_positional_arguments(argv)
   cli.configure_logging()
   workdir = flags.FLAGS.workdir
   seeds = [int(s) for s in flags.FLAGS.seeds]

@@ -48,8 +48,7 @@ def _default_workdir() -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.exit_on_positional_arguments(argv)
   cli.configure_logging()
   workdir = _WORKDIR.value or _default_workdir()
   summary = cli.run_reporting_errors(train.train_and_evaluate, _CONFIG.value, workdir,

@@ -173,6 +173,9 @@ def validate_config(config, num_local_devices: int) -> None:
           f"({jax.process_count()} processes x {num_local_devices}); use a multiple of "
           f"{devices}, e.g. {max(devices, value // devices * devices)}.")
 
+  if not isinstance(config.eval_every_epochs, (int, float)) or config.eval_every_epochs < 0:
+    problems.append(f"config.eval_every_epochs={config.eval_every_epochs!r} must be >= 0 "
+                    "(0 = only at the end).")
   _check_augment(config, problems)
   if "divergence" in config:
     _positive(config, "divergence.window_steps", problems, integer=True)

@@ -90,6 +90,10 @@ def finished(digits_data_dir, tmp_path_factory):
     (["--workdir=a_file/run"], "--workdir=a_file/run cannot be created"),
     (["--config.dataset.name=cifar10", "--config.dataset.data_dir=empty"],
      "config.dataset.name='cifar10' is not prepared"),
+    (["--config.dataset.name=sklearn_diabetes"], "needs class labels"),
+    (["--config.task=no_module:Task"], "config.task='no_module:Task' does not import"),
+    (["--config.eval_every_epochs=-1"], "config.eval_every_epochs=-1.0 must be >= 0"),
+    (["positional"], "unexpected arguments ['positional']"),
 ])
 def test_bad_command_line_is_one_line_exit_2_and_writes_nothing(tmp_path, flags, names):
   (tmp_path / "broken.py").write_text("def get_config():\n  return {'a': }\n")

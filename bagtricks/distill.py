@@ -25,7 +25,7 @@ from jax import lax
 
 import models
 from bagtricks import checkpoint, tasks
-from bagtricks.steps import StepHook
+from bagtricks.steps import StepHook, float32_outputs, model_variables
 from bagtricks.tasks.base import model_inputs
 
 
@@ -99,8 +99,8 @@ class TeacherHook(StepHook):
     model: the teacher's Flax module.
     task: the teacher's task (its ``input_keys`` and ``class_logits``).
     dtype: the compute dtype of the teacher's forward pass.
-    variables: ``{'variables': {'params', 'batch_stats'}, 'task_state': ...}`` host arrays,
-      passed to the step as this hook's variables.
+    variables: ``{'params', 'batch_stats', 'task_state'}`` host arrays, passed to the step as
+      this hook's variables.
   """
 
   def __init__(self, model, task, dtype, variables):
@@ -115,12 +115,10 @@ class TeacherHook(StepHook):
   def prepare_batch(self, batch, step, rng, variables):
     del step, rng
     args, kwargs = model_inputs(self.task, batch, self.dtype)
-    model_variables = {k: v for k, v in variables["variables"].items() if v}
-    outputs = self.model.apply(model_variables, *args, train=False, **kwargs)
-    outputs = jax.tree_util.tree_map(
-        lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-        outputs)
-    logits = self.task.class_logits(outputs, variables["task_state"])
+    outputs = self.model.apply(
+        model_variables(variables["params"], variables["batch_stats"]), *args,
+        train=False, **kwargs)
+    logits = self.task.class_logits(float32_outputs(outputs), variables["task_state"])
     return {**batch, "teacher_logits": lax.stop_gradient(logits)}
 
 
@@ -153,7 +151,6 @@ def load_teacher(distill_config, dataset_info, dtype: Any = jnp.float32) -> Teac
     restored = reader.restore_variables(dict(template))
   finally:
     reader.close()
-  variables = {"variables": {"params": restored["params"],
-                             "batch_stats": restored.get("batch_stats", {})},
+  variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {}),
                "task_state": restored.get("task_state", {})}
   return TeacherHook(model, task, dtype, variables)

@@ -3,10 +3,9 @@
 Every kind of problem runs through these steps: the model is a Flax module, the task
 (``bagtricks.tasks``) turns its outputs into a loss, metrics and new task state, and a short
 list of ``StepHook``s adds what a config switches on (batch augmentations, a distillation
-teacher, scheduled model arguments, the weight EMA, reported
-schedules). Cross-device work is expressed with ``axis_name`` collectives only, so
-``parallel.py`` can run the same function under ``jax.pmap`` or
-``jax.jit(jax.shard_map(...))``.
+teacher, scheduled model arguments, the weight EMA, reported schedules). Cross-device work is
+expressed with ``axis_name`` collectives only, so ``parallel.py`` can run the same function
+under ``jax.pmap`` or ``jax.jit(jax.shard_map(...))``.
 """
 
 from __future__ import annotations
@@ -58,16 +57,17 @@ class StepHook:
     return {}
 
 
-def _variables(params, batch_stats) -> dict:
-  # Models without BatchNorm have no 'batch_stats' collection to pass.
+def model_variables(params, batch_stats) -> dict:
+  """``{'params', 'batch_stats'}`` for ``model.apply``, without an empty ``batch_stats``
+  (models without BatchNorm have no such collection to pass)."""
   variables = {"params": params}
   if batch_stats:
     variables["batch_stats"] = batch_stats
   return variables
 
 
-def _float32(outputs):
-  # Logits (or every floating array of a dict output) in float32 for the loss.
+def float32_outputs(outputs):
+  """A model's outputs with every floating array in float32 (for losses and metrics)."""
   return jax.tree_util.tree_map(
       lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, outputs)
 
@@ -131,10 +131,10 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
 
     def loss_fn(params):
       outputs, new_vars = model.apply(
-          _variables(params, state.batch_stats), *args, train=True, mutable=["batch_stats"],
-          rngs={"dropout": dropout_rng}, **kwargs, **model_kwargs)
-      loss, task_state, metrics = task.loss(_float32(outputs), batch, state.task_state,
-                                            task_rng, axis_name)
+          model_variables(params, state.batch_stats), *args, train=True,
+          mutable=["batch_stats"], rngs={"dropout": dropout_rng}, **kwargs, **model_kwargs)
+      loss, task_state, metrics = task.loss(float32_outputs(outputs), batch,
+                                            state.task_state, task_rng, axis_name)
       return loss * scale, (loss, task_state, metrics, new_vars)
 
     grads, (loss, task_state, metrics, new_vars) = jax.grad(loss_fn, has_aux=True)(
@@ -180,9 +180,10 @@ def make_eval_step(model: nn.Module, task, policy: precision.Policy,
     weights = state.ema if use_ema else {"params": state.params,
                                          "batch_stats": state.batch_stats}
     task_state = weights.get("task_state", state.task_state)
-    outputs = model.apply(_variables(weights["params"], weights["batch_stats"]), *args,
-                          train=False, **kwargs)
-    return lax.psum(task.eval_sums(_float32(outputs), batch, task_state), axis_name)
+    outputs = model.apply(model_variables(weights["params"], weights["batch_stats"]),
+                          *args, train=False, **kwargs)
+    sums = task.eval_sums(float32_outputs(outputs), batch, task_state)
+    return lax.psum(sums, axis_name)
 
   return eval_step
 
@@ -198,9 +199,9 @@ def make_refit_step(model: nn.Module, task, policy: precision.Policy,
 
   def refit_step(state: TrainState, batch: dict) -> TrainState:
     args, kwargs = model_inputs(task, batch, policy.compute_dtype)
-    outputs = model.apply(_variables(state.params, state.batch_stats), *args, train=False,
-                          **kwargs)
-    return state.replace(task_state=task.refit_state(_float32(outputs), batch,
+    outputs = model.apply(model_variables(state.params, state.batch_stats), *args,
+                          train=False, **kwargs)
+    return state.replace(task_state=task.refit_state(float32_outputs(outputs), batch,
                                                      state.task_state, axis_name))
 
   return refit_step

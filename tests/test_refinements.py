@@ -44,7 +44,7 @@ def tiny():
   state = init_train_state(student, tx, ClassificationTask(10),
                            {k: v[:1] for k, v in batch.items()}, seed=0, ema=True)
   teacher_hook = TeacherHook(teacher, ClassificationTask(10), jnp.float32,
-                             {"variables": teacher_variables, "task_state": {}})
+                             {**teacher_variables, "task_state": {}})
   return dict(student=student, teacher=teacher, tx=tx, schedule=schedule, state=state,
               teacher_variables=teacher_variables, teacher_hook=teacher_hook, batch=batch)
 

@@ -84,8 +84,8 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, task,
 
   Initialization runs once per run, so it is compiled without XLA's backend optimizations:
   on CPU that cuts its compile time several-fold (about 15 s to 3 s for the default model)
-  while drawing the same random bits. Run op by op instead, a deep network's initializers cost each a
-  separate compile and the whole init takes longer still.
+  while drawing the same random bits. Run op by op instead, a deep network's initializers
+  cost each a separate compile and the whole init takes longer still.
 
   Args:
     model: the Flax module.

@@ -8,8 +8,8 @@ and it writes, next to ``summary.json``:
   data's own units, in the style of scikit-learn's ``export_text``, and returns the test
   accuracy of those hard rules and the features each tree never splits on (the paper's
   "self-pruning": every cut point of the feature lies outside the training data's range);
-* for a soft decision tree: ``tree.png``, each inner node's filter w_i drawn as an image and each leaf's
-  class distribution Q^ℓ as a bar chart, like Frosst & Hinton's figures.
+* for a soft decision tree: ``tree.png``, each inner node's filter w_i drawn as an image and
+  each leaf's class distribution Q^ℓ as a bar chart, like Frosst & Hinton's figures.
 """
 
 from __future__ import annotations

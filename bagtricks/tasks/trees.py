@@ -70,11 +70,11 @@ class SoftTreeTask(ClassificationTask):
                       "config.soft_tree.penalty_strength (paper: 0.1) and "
                       "config.soft_tree.penalty_window (0 = the batch's α alone).")
       return problems
-    for field in ("penalty_strength", "penalty_window"):
+    for field, zero in (("penalty_strength", "no balancing penalty"),
+                        ("penalty_window", "the batch alone")):
       value = config.soft_tree[field]
       if not isinstance(value, (int, float)) or value < 0:
-        problems.append(f"config.soft_tree.{field}={value!r} must be >= 0 (0 = "
-                        f"{'no balancing penalty' if field == 'penalty_strength' else 'the batch alone'}).")
+        problems.append(f"config.soft_tree.{field}={value!r} must be >= 0 (0 = {zero}).")
     return problems
 
   def init_state(self, rng, example_batch):

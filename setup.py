@@ -32,7 +32,9 @@ setuptools.setup(
     entry_points={"console_scripts": ["bagtricks-train = bagtricks.main:run"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "matplotlib>=3.8"],
+        "test": ["pytest>=8", "matplotlib>=3.8", "sentencepiece>=0.2", "sacrebleu>=2.4"],
+        # Translation: SentencePiece subword vocabularies and BLEU.
+        "text": ["sentencepiece>=0.2", "sacrebleu>=2.4"],
         # The accelerator builds of the same jax: NVIDIA GPUs (CUDA 12) and Cloud TPU VMs.
         "cuda12": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],

@@ -126,3 +126,27 @@ def soft_tree_loss(path_probs: jnp.ndarray, leaf_log_probs: jnp.ndarray,
     ``[batch]``.
   """
   return -jnp.sum(path_probs * (targets @ leaf_log_probs.T), axis=-1)
+
+
+def token_cross_entropy(logits: jnp.ndarray, tokens: jnp.ndarray,
+                        label_smoothing: float = 0.0) -> jnp.ndarray:
+  """Per-token cross-entropy with uniform label smoothing, for sequence models.
+
+  ℓ = −Σ_v q_v log p_v with q = (1 − ε)·onehot(y) + ε/V (Szegedy et al. 2016, which the
+  Transformer uses with ε_ls = 0.1, Vaswani et al. 2017 §5.4), computed as
+  (1 − ε)·(−log p_y) + ε·(−(1/V)·Σ_v log p_v) so that no ``[..., V]`` one-hot targets are
+  built for large vocabularies. The caller masks padding and takes the mean.
+
+  Args:
+    logits: ``[..., length, V]`` (computed in float32 here).
+    tokens: ``[..., length]`` integer target ids.
+    label_smoothing: ε in [0, 1).
+
+  Returns:
+    ``[..., length]`` losses.
+  """
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_p, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  if not label_smoothing:
+    return nll
+  return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_p, axis=-1)

@@ -3,9 +3,10 @@
 Everything here is pure JAX/optax and can be used from any JAX code:
 
 * learning-rate schedules: linear scaling (§3.1), linear warm-up (§3.1), cosine decay (§5.1)
-  and step decay, each returning an ``optax.Schedule``;
+  and step decay, each returning an ``optax.Schedule``; and the Transformer's inverse-square-root
+  schedule (``noam_schedule``, Vaswani et al. 2017 §5.3);
 * ``weight_decay_mask``: decay conv/dense kernels only, "no bias decay" (§3.1);
-* ``build_optimizer``: the whole optax chain (SGD+Nesterov, AdamW, LARS or LAMB, optional
+* ``build_optimizer``: the whole optax chain (SGD+Nesterov, Adam, AdamW, LARS or LAMB, optional
   gradient clipping) from an ``ml_collections`` config;
 * ``ema_decay_schedule`` and ``update_ema``: an exponential moving average of the weights.
 """
@@ -18,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
-SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")
+SCHEDULES = ("cosine", "step", "constant", "noam")
 
 
 def linear_scaled_lr(base_lr: float, global_batch_size: int, base_batch_size: int = 256) -> float:
@@ -122,6 +123,34 @@ def warmup_constant_schedule(base_lr: float, warmup_steps: int) -> optax.Schedul
                                optax.constant_schedule(base_lr)], [warmup_steps])
 
 
+def noam_schedule(model_dim: int, warmup_steps: int = 4000, scale: float = 1.0) -> optax.Schedule:
+  """The Transformer's schedule (Vaswani et al. 2017, §5.3, eq. 3).
+
+  lrate = scale · d_model^−0.5 · min(step_num^−0.5, step_num · warmup_steps^−1.5): linear
+  warm-up for ``warmup_steps`` steps, then decay with the inverse square root of the step; the
+  peak, at step_num = warmup_steps, is scale · (d_model · warmup_steps)^−0.5. The paper counts
+  step_num from 1 and optax counts its updates from 0, so update i uses step_num = i + 1 (the
+  first update is not wasted on a learning rate of 0).
+
+  Args:
+    model_dim: d_model (512 for the base model).
+    warmup_steps: the paper's warmup_steps (4000).
+    scale: a constant factor (1 in the paper).
+
+  Returns:
+    An ``optax.Schedule``.
+  """
+  if model_dim <= 0 or warmup_steps <= 0:
+    raise ValueError(f"model_dim ({model_dim}) and warmup_steps ({warmup_steps}) must be > 0.")
+
+  def schedule(count):
+    step_num = jnp.asarray(count, jnp.float32) + 1.0
+    return scale * model_dim**-0.5 * jnp.minimum(step_num**-0.5,
+                                                 step_num * float(warmup_steps)**-1.5)
+
+  return schedule
+
+
 def _path_name(entry: Any) -> str:
   for attr in ("key", "name", "idx"):
     if hasattr(entry, attr):
@@ -155,8 +184,10 @@ def build_schedule(config, steps_per_epoch: int, global_batch_size: int) -> opta
   """The learning-rate schedule described by ``config``.
 
   Reads ``config.optimizer.base_lr`` and ``base_batch_size`` (linear scaling), and
-  ``config.schedule``: ``name`` (cosine | step | constant), ``warmup_epochs``,
-  ``decay_epochs`` (step decay boundaries), ``decay_factor``; ``config.num_epochs``.
+  ``config.schedule``: ``name`` (cosine | step | constant | noam), ``warmup_epochs``,
+  ``decay_epochs`` (step decay boundaries), ``decay_factor``; ``config.num_epochs``. ``noam``
+  (``noam_schedule``) sets its own scale instead: it reads ``schedule.model_dim``,
+  ``schedule.warmup_steps`` and ``schedule.scale``, and not ``base_lr``.
 
   Args:
     config: the run's ``ml_collections.ConfigDict``.
@@ -171,6 +202,9 @@ def build_schedule(config, steps_per_epoch: int, global_batch_size: int) -> opta
   warmup_steps = int(round(config.schedule.warmup_epochs * steps_per_epoch))
   total_steps = int(round(config.num_epochs * steps_per_epoch))
   name = config.schedule.name
+  if name == "noam":
+    return noam_schedule(config.schedule.model_dim, config.schedule.warmup_steps,
+                         config.schedule.get("scale", 1.0))
   if name == "cosine":
     return warmup_cosine_schedule(lr, warmup_steps, total_steps,
                                   final_lr=config.schedule.get("final_lr", 0.0))
@@ -189,6 +223,8 @@ def build_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTran
     gradient before momentum, as in the paper's MXNet (and PyTorch) SGD, so λ = 1e-4 means what
     the paper means; ``decoupled_weight_decay=True`` instead adds it after momentum (SGDW,
     Loshchilov & Hutter 2019).
+  * ``adam``: Adam (Kingma & Ba 2015) with β1, β2 and ε from the config (the Transformer's
+    0.9, 0.98 and 1e-9), and L2 weight decay added to the gradient when it is positive.
   * ``adamw``: Adam with decoupled weight decay (Loshchilov & Hutter 2019).
   * ``lars`` / ``lamb``: layer-wise trust ratios (You et al. 2017 / 2020); the trust ratio is
     applied to the same leaves as weight decay.
@@ -212,6 +248,9 @@ def build_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTran
                 if opt.momentum > 0 else optax.identity())
     parts = [momentum, decay] if opt.get("decoupled_weight_decay", False) else [decay, momentum]
     tx = optax.chain(*parts, optax.scale_by_learning_rate(learning_rate))
+  elif name == "adam":
+    decay = (optax.add_decayed_weights(wd, mask=weight_decay_mask) if wd else optax.identity())
+    tx = optax.chain(decay, optax.adam(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps))
   elif name == "adamw":
     tx = optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=wd,
                      mask=weight_decay_mask)

@@ -166,24 +166,31 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
 
 def make_eval_step(model: nn.Module, task, policy: precision.Policy,
                    axis_name: str = AXIS_NAME,
-                   use_ema: bool = False) -> Callable[[TrainState, dict], Metrics]:
-  """Builds ``eval_step(state, batch) -> sums`` for one device.
+                   use_ema: bool = False) -> Callable[[TrainState, dict], Tuple[Metrics, Batch]]:
+  """Builds ``eval_step(state, batch) -> (sums, examples)`` for one device.
 
-  ``batch`` carries a ``mask`` (0 for padding); the task's masked sums are summed over
-  devices, so the caller divides once at the end (``task.summary``). With ``use_ema`` the
-  model runs on the EMA weights (``state.ema``), and on the EMA of the task state when the
-  EMA keeps one.
+  The model runs through ``task.eval_outputs`` (a plain forward pass, or more: a sequence
+  task also decodes). ``batch`` carries a ``mask`` (0 for padding); the task's masked sums are
+  summed over devices, so the caller divides once at the end (``task.summary``). The task's
+  per-example ``eval_examples`` (with the ``mask``) are gathered from every device, shaped
+  ``[devices, per_device, ...]``, for ``task.examples_summary`` on the host. With ``use_ema``
+  the model runs on the EMA weights (``state.ema``), and on the EMA of the task state when
+  the EMA keeps one.
   """
 
-  def eval_step(state: TrainState, batch: dict) -> Metrics:
+  def eval_step(state: TrainState, batch: dict) -> Tuple[Metrics, Batch]:
     args, kwargs = model_inputs(task, batch, policy.compute_dtype)
     weights = state.ema if use_ema else {"params": state.params,
                                          "batch_stats": state.batch_stats}
     task_state = weights.get("task_state", state.task_state)
-    outputs = model.apply(model_variables(weights["params"], weights["batch_stats"]),
-                          *args, train=False, **kwargs)
-    sums = task.eval_sums(float32_outputs(outputs), batch, task_state)
-    return lax.psum(sums, axis_name)
+    outputs = task.eval_outputs(model, model_variables(weights["params"],
+                                                       weights["batch_stats"]), args, kwargs)
+    outputs = float32_outputs(outputs)
+    sums = task.eval_sums(outputs, batch, task_state)
+    examples = task.eval_examples(outputs, batch)
+    if examples:
+      examples = lax.all_gather({**examples, "mask": batch["mask"]}, axis_name)
+    return lax.psum(sums, axis_name), examples
 
   return eval_step
 

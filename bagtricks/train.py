@@ -109,14 +109,29 @@ def evaluate(eval_step, dp: DataParallel, p_state, eval_data, task,
   """The task's results over the whole eval split (padding masked out).
 
   Keys are ``test_<name>`` for every entry of ``task.summary`` (``test_accuracy``,
-  ``test_loss``, ``test_examples``, ... for classification), each after ``prefix``.
+  ``test_loss``, ``test_examples``, ... for classification) and of ``task.examples_summary``
+  (a sequence task's BLEU), each after ``prefix``.
   """
   totals = None
+  examples = []
   for batch in eval_data:
-    sums = eval_step(p_state, dp.shard_batch(batch))
+    sums, batch_examples = eval_step(p_state, dp.shard_batch(batch))
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-  totals = dp.metrics_to_host(totals)
-  return {f"{prefix}test_{k}": v for k, v in task.summary(totals).items()}
+    if batch_examples:
+      examples.append(batch_examples)
+  results = task.summary(dp.metrics_to_host(totals))
+  if examples:
+    results.update(task.examples_summary(_real_examples(dp, examples)))
+  return {f"{prefix}test_{k}": v for k, v in results.items()}
+
+
+def _real_examples(dp: DataParallel, examples: list) -> Dict[str, np.ndarray]:
+  # Gathered [devices, per_device, ...] per batch → the split's real examples, in order.
+  host = [dp.unreplicate(e) for e in examples]
+  flat = {k: np.concatenate([np.reshape(h[k], (-1,) + np.shape(h[k])[2:]) for h in host])
+          for k in host[0]}
+  real = flat.pop("mask") > 0
+  return {k: v[real] for k, v in flat.items()}
 
 
 def evaluate_all(eval_steps: Dict[str, Any], dp: DataParallel, p_state, eval_data,

@@ -151,6 +151,13 @@ def validate_config(config, num_local_devices: int) -> None:
       config.schedule.name == "cosine" and config.schedule.warmup_epochs >= config.num_epochs):
     problems.append(f"config.schedule.warmup_epochs={config.schedule.warmup_epochs} must be >= 0 "
                     f"and below config.num_epochs={config.num_epochs}.")
+  if config.schedule.name == "noam":
+    for field in ("schedule.model_dim", "schedule.warmup_steps"):
+      if _has(config, field):
+        _positive(config, field, problems, integer=True)
+      else:
+        problems.append(f"config.{field} is missing; schedule 'noam' needs it (the paper: "
+                        "model_dim = d_model = 512, warmup_steps = 4000).")
   if config.precision == "fp16":
     for field in ("loss_scale.init_scale", "loss_scale.growth_interval",
                   "loss_scale.max_scale"):

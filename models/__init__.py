@@ -1,10 +1,12 @@
-"""Flax models and their registry: ResNets, differentiable trees and forests, an MLP.
+"""Flax models and their registry: ResNets, differentiable trees and forests, an MLP,
+Transformers.
 
 ``create_model_from_config(config, dataset_info)`` builds ``config.model``; ``get_spec(name)``
 tells what the training loop needs from a model (``registry.ModelSpec``); ``register_model``
 adds one. ``create_model(name, **kwargs)`` builds a module by name from plain arguments.
 """
 
+import dataclasses
 from typing import Any, List, Mapping, Optional
 
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ import optax
 
 from models import explain
 from models import resnet
+from models import transformer
 from models.forest import decision_unit_subsets
 from models.forest import fixed_point_leaf_update
 from models.forest import forest_log_probs
@@ -50,6 +53,9 @@ from models.resnet import ResNet50
 from models.resnet import ResNet50B
 from models.resnet import ResNet50C
 from models.resnet import ResNet50D
+from models.transformer import PatchTransformerClassifier
+from models.transformer import Transformer
+from models.transformer import TransformerLanguageModel
 from models.trees import DNDT
 from models.trees import SoftDecisionTree
 
@@ -146,6 +152,77 @@ register_model("ndf", ModelSpec(build=_ndf_build, default_task=_ndf_task,
                                 check_config=_ndf_checks, check_for_data=_ndf_data_checks))
 register_model("mlp", MLP)
 
+# ------------------------------------------------------------------------------------------
+# Transformers.
+
+_TRANSFORMER_SIZES = ("d_model", "num_heads", "d_ff", "max_len")
+
+
+def _rate_problems(kwargs, fields) -> List[str]:
+  problems = []
+  for field in fields:
+    value = kwargs.get(field)
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+        or not 0.0 <= value < 1.0):
+      problems.append(f"config.model.{field}={value!r} must be in [0, 1).")
+  return problems
+
+
+def _attention_problems(kwargs, integer_fields) -> List[str]:
+  """Checks shared by the Transformer models, on ``kwargs`` completed with the defaults."""
+  problems = []
+  for field in integer_fields:
+    problems += positive(kwargs, field, integer=True)
+  problems += _rate_problems(kwargs, ("dropout_rate", "attention_dropout_rate"))
+  if not problems and kwargs["d_model"] % kwargs["num_heads"]:
+    problems.append(f"config.model.num_heads={kwargs['num_heads']!r} must divide "
+                    f"config.model.d_model={kwargs['d_model']!r} (each head has d_model / "
+                    "num_heads dimensions).")
+  if kwargs.get("position_encoding") not in transformer.POSITION_ENCODINGS:
+    problems.append(f"config.model.position_encoding={kwargs.get('position_encoding')!r} is "
+                    f"unknown; use one of {transformer.POSITION_ENCODINGS}.")
+  return problems
+
+
+def _field_defaults(module_class) -> dict:
+  return {f.name: f.default for f in dataclasses.fields(module_class)
+          if f.default is not dataclasses.MISSING}
+
+
+def _transformer_spec(preset_name: str) -> ModelSpec:
+  preset = transformer.PRESETS[preset_name]
+
+  def build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
+    del axis_name  # LayerNorm needs no cross-device statistics.
+    kwargs = {"dtype": dtype, **preset, **kwargs}
+    if num_outputs is not None:  # The task's vocabulary.
+      kwargs["vocab_size"] = num_outputs
+    return Transformer(**kwargs)
+
+  def check_config(kwargs) -> List[str]:
+    kwargs = {**_field_defaults(Transformer), **preset, **kwargs}
+    problems = _attention_problems(
+        kwargs, _TRANSFORMER_SIZES + ("num_encoder_layers", "num_decoder_layers"))
+    target_vocab_size = kwargs.get("target_vocab_size")
+    if target_vocab_size is not None:
+      problems += positive(kwargs, "target_vocab_size", integer=True)
+    return problems
+
+  return ModelSpec(build=build, default_task=lambda kwargs: "seq2seq", input_key=None,
+                   check_config=check_config)
+
+
+def _patch_transformer_checks(kwargs) -> List[str]:
+  kwargs = {**_field_defaults(PatchTransformerClassifier), **kwargs}
+  return _attention_problems(kwargs, ("patch_size", "d_model", "num_heads", "d_ff",
+                                      "num_layers"))
+
+
+for _name in transformer.PRESETS:
+  register_model(_name, _transformer_spec(_name))
+register_model("patch_transformer", spec_of_module(
+    PatchTransformerClassifier, check_config=_patch_transformer_checks))
+
 # The built-in names (``model_names()`` adds any registered later).
 MODEL_NAMES = model_names()
 
@@ -156,9 +233,12 @@ def create_model(name: str, *, num_classes: Optional[int] = None, dtype: Any = j
 
   Args:
     name: a registered name (case-insensitive): a ResNet such as ``'resnet50d'``, ``'dndt'``,
-      ``'sdt'`` (soft decision tree), ``'ndf'`` (neural decision forest), ``'mlp'``; or an
-      import path ``'module:attribute'``.
-    num_classes: the head width.
+      ``'sdt'`` (soft decision tree), ``'ndf'`` (neural decision forest), ``'mlp'``,
+      ``'transformer'`` (encoder-decoder, the paper's base model by default),
+      ``'transformer_base'``, ``'transformer_tiny'``, ``'patch_transformer'`` (a small ViT
+      image classifier); or an import path ``'module:attribute'``.
+    num_classes: the head width; for the sequence-to-sequence Transformers, the vocabulary
+      size.
     dtype: compute dtype.
     axis_name: the data-parallel axis, given to the models that reduce across devices.
     **kwargs: constructor arguments, e.g. ``width_multiplier``. For ``'ndf'``, ``trunk`` is a
@@ -190,8 +270,12 @@ __all__ = [
     'model_names',
     'ModelSpec',
     'NeuralDecisionForest',
+    'PatchTransformerClassifier',
     'register_model',
     'SoftDecisionTree',
+    'transformer',
+    'Transformer',
+    'TransformerLanguageModel',
     'ResNet',
     'ResNet18', 'ResNet18B', 'ResNet18C', 'ResNet18D',
     'ResNet34', 'ResNet34B', 'ResNet34C', 'ResNet34D',

@@ -53,3 +53,14 @@ def test_imagenet_config_has_the_papers_full_set():
     validate.validate_config(config, num_local_devices=8)
   # One problem, on one line.
   assert len(str(info.value).splitlines()) == 1 and "train the teacher first" in str(info.value)
+
+
+def test_wmt_config_has_the_transformer_papers_recipe():
+  config = _config("wmt_transformer_base")
+  assert config.model.name == "transformer_base" and config.model.share_embeddings
+  assert (config.optimizer.name, config.optimizer.b1, config.optimizer.b2,
+          config.optimizer.eps) == ("adam", 0.9, 0.98, 1e-9)
+  assert (config.schedule.name, config.schedule.model_dim,
+          config.schedule.warmup_steps) == ("noam", 512, 4000)
+  assert config.label_smoothing == 0.1 and config.dataset.vocab_size == 37000
+  assert (config.seq2seq.beam_size, config.seq2seq.length_penalty) == (4, 0.6)

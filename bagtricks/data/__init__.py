@@ -11,10 +11,17 @@ model input and ``DatasetInfo.element_spec`` one example per key.
   arrays.py       splits of in-memory arrays (``ArraySource``).
   padded_eval.py  the padded, masked exact-evaluation iterators.
   bundled.py      scikit-learn's digits (written once as a TFDS dataset) and tables.
+  sequences.py    synthetic sequence-to-sequence tasks from a seed (``seq_copy``,
+                  ``seq_reverse``, ``seq_sort``, ``seq_add``).
+  translation.py  any prepared TFDS translation dataset, length-bucketed
+                  (``TranslationSource``); never downloads.
+  tokenizers.py   the shared PAD/BOS/EOS ids, byte and SentencePiece tokenizers.
 
 ``get_source(config)`` looks ``config.dataset.name`` up among the registered sources (the
-bundled ones, and any added with ``register_source``), and otherwise reads it as a TFDS
-catalog dataset under ``config.dataset.data_dir``.
+bundled and synthetic ones, and any added with ``register_source``); otherwise it reads the
+TFDS catalog dataset of that name under ``config.dataset.data_dir``: a dataset whose features
+are ``tfds.features.Translation`` (e.g. ``wmt14_translate/de-en``) through
+``TranslationSource``, any other through ``TfdsImageSource``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,11 @@ from bagtricks.data.bundled import (BUNDLED_SOURCES, LOCAL_SOURCES, REGRESSION_S
                                     TABULAR_SOURCES, TabularData, TabularSource, digits_arrays,
                                     load_tabular, prepare_sklearn_digits)
 from bagtricks.data.padded_eval import ArrayEvalBatches, PaddedEvalBatches, pad_batch
+from bagtricks.data.sequences import SEQUENCE_SOURCES, SequenceTask, SequenceTaskSource
 from bagtricks.data.tfds_images import TfdsImageSource, resolve_data_dir
+from bagtricks.data.tokenizers import (BOS_ID, EOS_ID, PAD_ID, ByteTokenizer,
+                                       SentencePieceTokenizer, build_tokenizer)
+from bagtricks.data.translation import TranslationSource, is_translation_dataset
 
 SourceFactory = Callable[..., Source]
 
@@ -53,10 +64,11 @@ def source_names() -> Tuple[str, ...]:
   return tuple(_REGISTRY)
 
 
-for _name, _factory in BUNDLED_SOURCES.items():
+for _name, _factory in {**BUNDLED_SOURCES, **SEQUENCE_SOURCES}.items():
   register_source(_name, _factory)
 
-# The bundled dataset names (``source_names()`` also lists those registered later).
+# The bundled and synthetic dataset names (``source_names()`` also lists those registered
+# later).
 SOURCE_NAMES = source_names()
 
 
@@ -68,8 +80,9 @@ def get_source(config) -> Source:
       ``seed``).
 
   Returns:
-    The registered source named ``config.dataset.name``, or else a ``TfdsImageSource`` over
-    the TFDS catalog dataset of that name (preparing a bundled dataset if needed).
+    The registered source named ``config.dataset.name``; else, for the TFDS catalog dataset
+    of that name, a ``TranslationSource`` when its features are ``Translation`` and a
+    ``TfdsImageSource`` otherwise.
 
   Raises:
     DataError: the dataset is unknown or not prepared, or a configured split does not exist.
@@ -77,14 +90,18 @@ def get_source(config) -> Source:
   factory = _REGISTRY.get(config.dataset.name)
   if factory is not None:
     return factory(config)
+  if is_translation_dataset(config):
+    return TranslationSource(config, known_names=source_names())
   return TfdsImageSource(config, known_names=source_names())
 
 
 __all__ = [
-    "ArrayEvalBatches", "ArraySource", "Batch", "DataError", "DatasetInfo", "LOCAL_SOURCES",
-    "PaddedEvalBatches", "REGRESSION_SOURCES", "SOURCE_NAMES", "Source", "TABULAR_SOURCES",
-    "TabularData", "TabularSource", "TfdsImageSource", "digits_arrays", "get_source",
-    "load_tabular", "pad_batch", "per_process_batch_size", "prepare_sklearn_digits",
-    "register_source", "resolve_data_dir", "source_names", "steps_per_epoch",
-    "to_device_layout",
+    "ArrayEvalBatches", "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
+    "DatasetInfo", "EOS_ID", "LOCAL_SOURCES", "PAD_ID", "PaddedEvalBatches",
+    "REGRESSION_SOURCES", "SEQUENCE_SOURCES", "SOURCE_NAMES", "SentencePieceTokenizer",
+    "SequenceTask", "SequenceTaskSource", "Source", "TABULAR_SOURCES", "TabularData",
+    "TabularSource", "TfdsImageSource", "TranslationSource", "build_tokenizer",
+    "digits_arrays", "get_source", "is_translation_dataset", "load_tabular", "pad_batch",
+    "per_process_batch_size", "prepare_sklearn_digits", "register_source",
+    "resolve_data_dir", "source_names", "steps_per_epoch", "to_device_layout",
 ]

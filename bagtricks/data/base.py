@@ -10,7 +10,7 @@ evaluation batches have the same layout plus ``mask`` float32 ``[num_devices, pe
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, Iterator, Optional, Protocol, runtime_checkable
+from typing import Any, Dict, Iterable, Iterator, Optional, Protocol, runtime_checkable
 
 import jax
 import numpy as np
@@ -37,6 +37,11 @@ class DatasetInfo:
     element_spec: one training example per batch key, e.g. ``{'image': ShapeDtypeStruct((8,
       8, 1), float32), 'label': ShapeDtypeStruct((), int32)}``; never holds ``'mask'``.
     class_names: one name per class, when the dataset has them.
+    vocab_size: for token datasets, the number of token ids (``0 .. vocab_size - 1``, the
+      special ids PAD 0, BOS 1 and EOS 2 included); ``None`` otherwise.
+    tokenizer: for token datasets, an object with ``encode(text) -> list[int]`` (no special
+      ids) and ``decode(ids) -> str`` (stops at EOS, skips PAD and BOS), e.g. to detokenize
+      outputs for BLEU; ``None`` otherwise. Not part of equality.
   """
   name: str
   num_classes: Optional[int]
@@ -46,6 +51,8 @@ class DatasetInfo:
   input_key: str
   element_spec: Dict[str, jax.ShapeDtypeStruct]
   class_names: Optional[tuple] = None
+  vocab_size: Optional[int] = None
+  tokenizer: Optional[Any] = dataclasses.field(default=None, compare=False)
 
   @property
   def input_shape(self) -> tuple:

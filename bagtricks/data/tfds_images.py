@@ -55,6 +55,43 @@ def _example_seed(seed: int, position: tf.Tensor) -> tf.Tensor:
   return tf.stack([stream, tf.cast(position, tf.int64)])
 
 
+def prepared_builder(config, known_names: Sequence[str] = ()) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of ``config.dataset.name`` under ``config.dataset.data_dir``, checked to
+  be prepared and to have ``config.dataset.train_split`` and ``eval_split``; never downloads.
+
+  Args:
+    config: the run config (reads ``dataset.name``, ``data_dir``, ``train_split``,
+      ``eval_split``).
+    known_names: the non-catalog dataset names to offer when the name is unknown.
+
+  Raises:
+    DataError: the dataset is unknown or not prepared, or a configured split does not exist.
+  """
+  dc = config.dataset
+  name = dc.name
+  data_dir = resolve_data_dir(dc.get("data_dir"))
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several types for unknown names.
+    raise DataError(
+        f"config.dataset.name={name!r}: no such TFDS dataset under data_dir={data_dir!r} "
+        f"({type(e).__name__}). Use a TFDS catalog name or one of the bundled or registered "
+        f"sources {tuple(known_names)}.") from e
+  if not builder.is_prepared():
+    raise DataError(
+        f"config.dataset.name={name!r} is not prepared under config.dataset.data_dir="
+        f"{data_dir!r}. This project never downloads data; prepare it once with "
+        f"`tfds build {name} --data_dir={data_dir}` (or copy a prepared copy there) and set "
+        f"--config.dataset.data_dir to that directory.")
+  for split in (dc.train_split, dc.eval_split):
+    try:  # Also accepts TFDS split expressions such as 'train[:90%]'.
+      builder.info.splits[split].num_examples
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(f"config.dataset split {split!r} does not exist in {name!r}; it has "
+                      f"{sorted(builder.info.splits.keys())}.") from e
+  return builder
+
+
 class TfdsImageSource:
   """A ``Source`` over a prepared TFDS dataset with ``image`` and ``label`` features.
 
@@ -74,30 +111,7 @@ class TfdsImageSource:
 
   def __init__(self, config, known_names: Sequence[str] = ()):
     self.config = config
-    dc = config.dataset
-    name = dc.name
-    data_dir = resolve_data_dir(dc.data_dir)
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # TFDS raises several types for unknown names.
-      raise DataError(
-          f"config.dataset.name={name!r}: no such TFDS dataset under data_dir={data_dir!r} "
-          f"({type(e).__name__}). Use a TFDS catalog name or one of the bundled or registered "
-          f"sources {tuple(known_names)}.") from e
-    if not builder.is_prepared():
-      raise DataError(
-          f"config.dataset.name={name!r} is not prepared under config.dataset.data_dir="
-          f"{data_dir!r}. This project never downloads data; prepare it once with "
-          f"`tfds build {name} --data_dir={data_dir}` (or copy a prepared copy there) and set "
-          f"--config.dataset.data_dir to that directory.")
-    for split in (dc.train_split, dc.eval_split):
-      try:
-        builder.info.splits[split].num_examples
-      except Exception as e:
-        raise DataError(
-            f"config.dataset split {split!r} does not exist in {name!r}; it has "
-            f"{sorted(builder.info.splits.keys())}.") from e
-    self.builder = builder
+    self.builder = prepared_builder(config, known_names)
 
   def num_examples(self, split: str) -> int:
     return self.builder.info.splits[split].num_examples

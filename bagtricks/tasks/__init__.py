@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Type
 import models
 from bagtricks.tasks.base import Refit, Task, TaskBase
 from bagtricks.tasks.classification import ClassificationTask, logits_of, prediction_heads
+from bagtricks.tasks.sequence import Seq2SeqTask
 from bagtricks.tasks.trees import ForestTask, SoftTreeTask
 
 _REGISTRY: Dict[str, Type] = {}
@@ -33,6 +34,7 @@ def register_task(name: str) -> Callable[[Type], Type]:
 register_task("classification")(ClassificationTask)
 register_task("soft_tree")(SoftTreeTask)
 register_task("forest")(ForestTask)
+register_task("seq2seq")(Seq2SeqTask)
 
 
 def task_names() -> tuple:
@@ -95,4 +97,5 @@ def data_problems(config, dataset_info) -> List[str]:
 
 __all__ = ["ClassificationTask", "config_problems", "create_task", "data_problems",
            "ForestTask", "get_task_class", "logits_of", "prediction_heads", "Refit",
-           "register_task", "SoftTreeTask", "Task", "TaskBase", "task_name", "task_names"]
+           "register_task", "Seq2SeqTask", "SoftTreeTask", "Task", "TaskBase", "task_name",
+           "task_names"]

@@ -10,8 +10,11 @@ they ask the task, never "which model is this?":
       init_state(rng, example_batch) -> task_state
       prepare_train_batch(batch) -> batch
       loss(outputs, batch, task_state, rng, axis_name) -> (loss, new_task_state, metrics)
+      eval_outputs(model, variables, args, kwargs) -> outputs   (e.g. adds decoded sequences)
       eval_sums(outputs, batch, task_state) -> {name: masked sum}
+      eval_examples(outputs, batch) -> {name: per-example array}  (kept for host-side metrics)
       summary(sums) -> {name: float}
+      examples_summary(examples) -> {name: float}                (e.g. BLEU from decoded text)
       check_config(config) -> [problem, ...]      (a classmethod: runs before anything is built)
 
 A task is built by ``from_config(config, dataset_info)``. ``TaskBase`` holds the defaults, so
@@ -113,8 +116,21 @@ class Task(Protocol):
     """Sums over the real examples (``batch['mask']`` is 0 for padding), summed over devices
     by the step; must include ``count``, the number of real examples."""
 
+  def eval_outputs(self, model: Any, variables: Dict[str, Any], args: tuple,
+                   kwargs: Dict[str, Any]) -> Any:
+    """The model's outputs on an eval batch: ``model.apply(variables, *args, train=False,
+    **kwargs)``, plus whatever else the task evaluates (a sequence task's decoded outputs)."""
+
   def summary(self, sums: Dict[str, float]) -> Dict[str, float]:
     """Named results from the split's total sums (the loop reports them as ``test_<name>``)."""
+
+  def eval_examples(self, outputs: Any, batch: Batch) -> Dict[str, jnp.ndarray]:
+    """Per-example arrays ``[per_device, ...]`` the loop gathers from every device and hands,
+    real examples only and in split order, to ``examples_summary``; ``{}`` for none."""
+
+  def examples_summary(self, examples: Dict[str, Any]) -> Dict[str, float]:
+    """Named results computed on the host from the whole split's ``eval_examples`` (metrics
+    that are not sums, such as corpus BLEU)."""
 
   def refit_state(self, outputs: Any, batch: Batch, task_state: PyTree,
                   axis_name: Optional[str]) -> PyTree:
@@ -149,6 +165,17 @@ class TaskBase:
 
   def prepare_train_batch(self, batch: Batch) -> Batch:
     return batch
+
+  def eval_outputs(self, model, variables, args, kwargs):
+    return model.apply(variables, *args, train=False, **kwargs)
+
+  def eval_examples(self, outputs, batch) -> Dict[str, jnp.ndarray]:
+    del outputs, batch
+    return {}
+
+  def examples_summary(self, examples) -> Dict[str, float]:
+    del examples
+    return {}
 
   def summary(self, sums: Dict[str, float]) -> Dict[str, float]:
     """Every sum divided by ``count``; ``count`` itself as ``examples``."""

@@ -143,6 +143,16 @@ class RecordingSeq2SeqTask(Seq2SeqTask):
     return {"gathered": len(examples["targets"])}
 
 
+def _shrink_model(config):
+  """A 1 + 1-layer Transformer of width 32 (and its schedule's d_model)."""
+  config.model.d_model = 32
+  config.model.num_heads = 2
+  config.model.d_ff = 64
+  config.model.num_encoder_layers = 1
+  config.model.num_decoder_layers = 1
+  config.schedule.model_dim = 32
+
+
 def _tiny_seq_config(name="seq_copy"):
   from configs import transformer_reverse
   config = transformer_reverse.seq_task_config(name)
@@ -150,13 +160,8 @@ def _tiny_seq_config(name="seq_copy"):
   config.dataset.num_eval_examples = 60  # Not a multiple of the eval batch: padding.
   config.dataset.max_train_length = 4
   config.dataset.max_length = 6
-  config.model.d_model = 32
-  config.model.num_heads = 2
-  config.model.d_ff = 64
-  config.model.num_encoder_layers = 1
-  config.model.num_decoder_layers = 1
+  _shrink_model(config)
   config.model.dropout_rate = 0.0  # Dropout masks differ per device; 1 vs 8 must agree.
-  config.schedule.model_dim = 32
   config.schedule.warmup_steps = 10
   config.batch_size = 64
   config.eval_batch_size = 32
@@ -216,13 +221,8 @@ def test_translation_trains_and_reports_bleu_on_mock_data(tmp_path):
   config.dataset.tokenizer = "bytes"
   config.dataset.max_length = 64
   config.model.name = "transformer_tiny"
-  config.model.d_model = 32
-  config.model.num_heads = 2
-  config.model.d_ff = 64
-  config.model.num_encoder_layers = 1
-  config.model.num_decoder_layers = 1
+  _shrink_model(config)
   config.seq2seq.beam_size = 2
-  config.schedule.model_dim = 32
   config.precision = "fp32"
   config.batch_size = 8
   config.eval_batch_size = 8

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 from absl import app, flags
@@ -93,11 +93,11 @@ def test_features(config, workdir: str) -> Dict[str, np.ndarray]:
           "centers": np.asarray(variables["task_state"]["centers"])}
 
 
-def picture_rows(workdir: str, seed: int,
-                 change: Callable = lambda config: None) -> List[Dict]:
-  """Trains the three 2-D runs; each row has the test metrics and the test features."""
+def picture_rows(workdir: str, seed: int, change: Callable = lambda config: None,
+                 runs: Sequence = PICTURE_RUNS) -> List[Dict]:
+  """Trains the 2-D runs; each row has the test metrics and the test features."""
   rows = []
-  for label, center_weight, push_weight in PICTURE_RUNS:
+  for label, center_weight, push_weight in runs:
     config = center_loss_digits.get_config()
     config.seed = seed
     config.center_loss.center_weight = center_weight
@@ -113,11 +113,11 @@ def picture_rows(workdir: str, seed: int,
   return rows
 
 
-def retrieval_rows(workdir: str, seed: int,
-                   change: Callable = lambda config: None) -> List[Dict]:
+def retrieval_rows(workdir: str, seed: int, change: Callable = lambda config: None,
+                   runs: Sequence = RETRIEVAL_RUNS) -> List[Dict]:
   """Trains the retrieval runs; each row has recall@1/@5 and the spread ratio."""
   rows = []
-  for label, change_run in RETRIEVAL_RUNS:
+  for label, change_run in runs:
     config = circle_loss_digits.get_config()
     config.seed = seed
     change_run(config)
@@ -187,10 +187,22 @@ def plot_features(rows: List[Dict], path: str) -> None:
   plt.close(fig)
 
 
-def run(workdir: str, seed: int, change: Callable = lambda config: None) -> str:
-  """Trains every run, writes ``embeddings.png``, ``.md`` and ``.json``; returns the tables."""
-  pictures = picture_rows(workdir, seed, change)
-  retrieval = retrieval_rows(workdir, seed, change)
+def run(workdir: str, seed: int, change: Callable = lambda config: None,
+        picture_runs: Sequence = PICTURE_RUNS, retrieval_runs: Sequence = RETRIEVAL_RUNS) -> str:
+  """Trains the runs, writes ``embeddings.png``, ``.md`` and ``.json``; returns the tables.
+
+  Args:
+    workdir: where the runs and outputs go.
+    seed: every run's training seed.
+    change: applied to every run's config last (e.g. a shorter budget).
+    picture_runs: ``(label, λ_c, λ_g)`` of the 2-D runs.
+    retrieval_runs: ``(label, change of configs/circle_loss_digits.py)`` of the retrieval runs.
+
+  Returns:
+    The markdown tables.
+  """
+  pictures = picture_rows(workdir, seed, change, picture_runs)
+  retrieval = retrieval_rows(workdir, seed, change, retrieval_runs)
   tables = markdown_tables(pictures, retrieval, seed)
   plot_features(pictures, os.path.join(workdir, "embeddings.png"))
   with open(os.path.join(workdir, "embeddings.md"), "w") as f:

@@ -40,12 +40,13 @@ def _mean_std(values: Sequence[float]) -> str:
 
 
 def multilabel_rows(workdir: str, hidden_fractions: Sequence[float], seeds: Sequence[int],
-                    change: Callable = lambda config: None) -> List[Dict]:
-  """One row per hidden fraction: the test mAP of every seed for each loss."""
+                    change: Callable = lambda config: None,
+                    loss_names: Sequence[str] = tuple(name for name, _ in LOSSES)) -> List[Dict]:
+  """One row per hidden fraction: the test mAP of every seed for each of ``loss_names``."""
   rows = []
   for hidden in hidden_fractions:
     row = {"hidden_fraction": hidden}
-    for loss, _ in LOSSES:
+    for loss in loss_names:
       row[loss] = []
       for seed in seeds:
         config = multilabel_mosaic.get_config()
@@ -62,13 +63,14 @@ def multilabel_rows(workdir: str, hidden_fractions: Sequence[float], seeds: Sequ
 
 def markdown_table(rows: List[Dict], seeds: Sequence[int]) -> str:
   """Test mAP (%) per hidden fraction and loss."""
+  columns = [(loss, label) for loss, label in LOSSES if rows and loss in rows[0]]
   out = [f"Digit mosaics, test mAP % (seeds {list(seeds)})", "",
-         "| labels hidden | known per mosaic | " + " | ".join(label for _, label in LOSSES)
-         + " |", "|---|---|" + "---|" * len(LOSSES)]
+         "| labels hidden | known per mosaic | " + " | ".join(label for _, label in columns)
+         + " |", "|---|---|" + "---|" * len(columns)]
   for r in rows:
     known = 10 - int(round(10 * r["hidden_fraction"]))
     out.append(f"| {100 * r['hidden_fraction']:.0f} % | {known} of 10 | "
-               + " | ".join(_mean_std(r[loss]) for loss, _ in LOSSES) + " |")
+               + " | ".join(_mean_std(r[loss]) for loss, _ in columns) + " |")
   return "\n".join(out) + "\n"
 
 

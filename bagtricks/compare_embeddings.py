@@ -174,15 +174,15 @@ def plot_features(rows: List[Dict], path: str) -> None:
   cells = [[r["loss"], f"{100 * r['accuracy']:.1f} %",
             f"{100 * r['nearest_center_accuracy']:.1f} %", f"{r['intra_class_spread']:.3f}",
             f"{r['inter_class_distance']:.3f}", f"{r['spread_ratio']:.3f}"] for r in rows]
-  fig.subplots_adjust(left=0.05, right=0.93, top=0.93, bottom=0.3, wspace=0.25)
+  fig.subplots_adjust(left=0.05, right=0.93, top=0.86, bottom=0.3, wspace=0.25)
   table_ax = fig.add_axes([0.12, 0.02, 0.76, 0.16])
   table_ax.axis("off")
   table = table_ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
   table.auto_set_font_size(False)
   table.set_fontsize(10)
   table.scale(1.0, 1.5)
-  fig.suptitle("Test digits' 2-D features (ResNet-18-D, 40 epochs); x: the learnt centers",
-               fontsize=12)
+  fig.suptitle("The test digits' 2-D features; ×: the centers the task state learnt",
+               fontsize=13, y=0.97)
   fig.savefig(path, dpi=100)
   plt.close(fig)
 

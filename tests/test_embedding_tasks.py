@@ -143,8 +143,8 @@ def test_average_precision_against_sklearn_and_by_hand():
 
 
 def test_recall_at_k_and_spread_by_hand():
-  # Two classes on a circle: the nearest neighbour of (1, 0) is (0.9, 0.1) of its class; that
-  # of (−1, 0.2) is (0.8, 0.6)? no: cosines to (−1, −0.2) are higher — same class again.
+  # Two classes: (1, 0) and (0.9, 0.1) are each other's nearest (class 0), so are (−1, 0.2)
+  # and (−1, −0.2) (class 1).
   emb = np.array([[1, 0], [0.9, 0.1], [-1, 0.2], [-1, -0.2], [0.8, 0.6]], np.float64)
   labels = np.array([0, 0, 1, 1, 1])
   # (0.8, 0.6)'s nearest is (0.9, 0.1) of class 0: a miss at k = 1; the rest hit.

@@ -132,7 +132,7 @@ def make_mosaics(images: np.ndarray, labels: np.ndarray, count: int, hidden_frac
 class DigitMosaicSource(ArraySource):
   """Multi-label digit mosaics (``config.dataset.name = 'digits_mosaic'``).
 
-  Reads ``config.dataset.hidden_fraction`` (default 0.0), ``num_train`` (default 4000) and
+  Reads ``config.dataset.hidden_fraction`` (default 0.0), ``num_train`` (default 2000) and
   ``num_test`` (default 1000); train mosaics are made of the train digits, test mosaics of the
   test digits, with fixed seeds. Batches are ``{'image': float32 [..., 16, 16, 1], 'labels':
   int8 [..., 10] (the known labels: 1, −1, or 0 = unknown), 'full_labels': int8 [..., 10]}``;
@@ -149,7 +149,7 @@ class DigitMosaicSource(ArraySource):
       raise DataError(f"config.dataset.hidden_fraction={hidden!r} must be in [0, 1) (0 = "
                       "every label known).")
     arrays = digits_arrays()
-    sizes = {"train": dc.get("num_train", 4000), "test": dc.get("num_test", 1000)}
+    sizes = {"train": dc.get("num_train", 2000), "test": dc.get("num_test", 1000)}
     made = {split: make_mosaics(*arrays[split], sizes[split],
                                 hidden if split == "train" else 0.0, seed=index)
             for index, split in enumerate(("train", "test"))}

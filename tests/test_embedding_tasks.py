@@ -86,8 +86,8 @@ def _small_resnet(**kwargs):
 def test_feature_layer_and_cosine_head():
   model = _small_resnet(feature_dim=4, cosine_head=True)
   x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
-  out = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
+  variables, out = jax.jit(lambda: model.init_with_output(jax.random.PRNGKey(0), x,
+                                                          train=False)[::-1])()
   assert out["features"].shape == (2, 4) and out["logits"].shape == (2, 3)
   kernel = np.asarray(variables["params"]["head"]["kernel"])
   f = np.asarray(out["features"])

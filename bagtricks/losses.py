@@ -1,13 +1,18 @@
-"""Classification losses (pure JAX).
+"""Losses (pure JAX): classification, embeddings and multi-label with unknown labels.
 
-All losses take float32 logits ``[batch, num_classes]`` and return per-example values
-``[batch]``; the caller takes the (masked) mean.
+Classification losses take float32 logits ``[batch, num_classes]`` and return per-example
+values ``[batch]``; the caller takes the (masked) mean. The embedding losses (center loss, Git
+loss, Circle loss) take features ``[batch, D]``; the multi-label losses take labels in
+{1: positive, −1: negative, 0: unknown}.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 LABEL_SMOOTHING_MODES = ("paper", "optax")
 
@@ -150,3 +155,238 @@ def token_cross_entropy(logits: jnp.ndarray, tokens: jnp.ndarray,
   if not label_smoothing:
     return nll
   return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_p, axis=-1)
+
+
+# ------------------------------------------------------------------------------------------
+# Embedding losses: center loss, Git loss, Circle loss.
+
+
+def center_loss(features: jnp.ndarray, labels: jnp.ndarray, centers: jnp.ndarray) -> jnp.ndarray:
+  """Center loss (Wen et al. 2016, Eq. 2): ½‖x_i − c_{y_i}‖² per example.
+
+  The centers are not trained by the gradient (they are updated by ``update_centers``), so no
+  gradient flows into them here.
+
+  Args:
+    features: deep features x ``[batch, D]``.
+    labels: integer class ids y ``[batch]``.
+    centers: class centers c ``[K, D]``.
+
+  Returns:
+    ``[batch]`` losses.
+  """
+  own = lax.stop_gradient(centers)[labels]
+  return 0.5 * jnp.sum(jnp.square(features.astype(jnp.float32) - own), axis=-1)
+
+
+def update_centers(centers: jnp.ndarray, features: jnp.ndarray, labels: jnp.ndarray,
+                   alpha: float = 0.5, axis_name: Optional[str] = None) -> jnp.ndarray:
+  """One center update of Wen et al. (2016, Eq. 4 and Algorithm 1).
+
+  Δc_j = Σ_{i: y_i = j} (c_j − x_i) / (1 + n_j) with n_j the examples of class j, and
+  c_j ← c_j − α·Δc_j. With ``axis_name`` the sums Σ x_i and n_j are taken over the global batch
+  (``lax.psum`` over the device axis), so every device gets the same centers, equal to those
+  of one device holding the whole batch. A class absent from the batch keeps its center.
+
+  Args:
+    centers: ``[K, D]``.
+    features: ``[batch, D]`` (no gradient flows through the update).
+    labels: ``[batch]`` integer class ids.
+    alpha: the centers' learning rate α (the paper: 0.5).
+    axis_name: the device axis to sum over, or None for this batch alone.
+
+  Returns:
+    The new centers ``[K, D]``.
+  """
+  one_hot = jax.nn.one_hot(labels, centers.shape[0], dtype=jnp.float32)  # [batch, K]
+  counts = jnp.sum(one_hot, axis=0)  # n_j
+  sums = one_hot.T @ lax.stop_gradient(features.astype(jnp.float32))  # Σ_{y_i=j} x_i
+  if axis_name is not None:
+    counts, sums = lax.psum((counts, sums), axis_name)
+  delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
+  return centers - alpha * delta
+
+
+def git_push_loss(features: jnp.ndarray, labels: jnp.ndarray,
+                  centers: jnp.ndarray) -> jnp.ndarray:
+  """The push term of the Git loss (Calefati et al. 2018, Eq. 3): Σ_{j≠y_i} 1/(1 + ‖x_i − c_j‖²).
+
+  It pushes each feature away from the other classes' centers (no gradient flows into the
+  centers).
+
+  Args:
+    features: ``[batch, D]``.
+    labels: ``[batch]`` integer class ids.
+    centers: ``[K, D]``.
+
+  Returns:
+    ``[batch]`` losses.
+  """
+  centers = lax.stop_gradient(centers)
+  x = features.astype(jnp.float32)
+  squared = jnp.sum(jnp.square(x[:, None, :] - centers[None, :, :]), axis=-1)  # [batch, K]
+  others = 1.0 - jax.nn.one_hot(labels, centers.shape[0], dtype=jnp.float32)
+  return jnp.sum(others / (1.0 + squared), axis=-1)
+
+
+# A finite stand-in for −∞ in masked log-sum-exps: exp of it is 0 and its gradient is 0, where
+# −∞ would give NaN gradients for a row with nothing in it.
+_MASKED_LOGIT = -1e9
+
+
+def _circle_logits(sp, sn, margin, gamma):
+  # γ·α_p·(s_p − Δ_p) and γ·α_n·(s_n − Δ_n) with the paper's self-paced weights (no gradient).
+  alpha_p = lax.stop_gradient(jnp.maximum(1.0 + margin - sp, 0.0))
+  alpha_n = lax.stop_gradient(jnp.maximum(sn + margin, 0.0))
+  return -gamma * alpha_p * (sp - (1.0 - margin)), gamma * alpha_n * (sn - margin)
+
+
+def circle_loss(sp: jnp.ndarray, sn: jnp.ndarray, margin: float = 0.25,
+                gamma: float = 256.0) -> jnp.ndarray:
+  """Circle loss of one anchor (Sun et al. 2020, Eq. 4 with Eq. 5-6).
+
+  L = log[1 + Σ_n exp(γ α_n (s_n − Δ_n)) · Σ_p exp(−γ α_p (s_p − Δ_p))], with
+  α_p = [1 + m − s_p]₊ and α_n = [s_n + m]₊ (treated as constants), Δ_p = 1 − m, Δ_n = m,
+  computed stably as softplus(logsumexp(negatives) + logsumexp(positives)).
+
+  Args:
+    sp: the anchor's within-class similarities ``[P]``.
+    sn: its between-class similarities ``[N]``.
+    margin: m (the paper: 0.25).
+    gamma: the scale γ (the paper: 256 for face recognition, 80 for fine-grained retrieval).
+
+  Returns:
+    The scalar loss.
+  """
+  positive, negative = _circle_logits(sp.astype(jnp.float32), sn.astype(jnp.float32), margin,
+                                      gamma)
+  return jax.nn.softplus(jax.nn.logsumexp(negative) + jax.nn.logsumexp(positive))
+
+
+def masked_circle_loss(similarities: jnp.ndarray, positive_mask: jnp.ndarray,
+                       negative_mask: jnp.ndarray, margin: float = 0.25,
+                       gamma: float = 256.0) -> jnp.ndarray:
+  """``circle_loss`` of many anchors at once, each against the columns its masks select.
+
+  Row a is ``circle_loss(similarities[a][positive_mask[a]], similarities[a][negative_mask[a]])``;
+  a row without positives or without negatives has loss 0 (the paper's sum is empty) and a
+  zero gradient.
+
+  Args:
+    similarities: ``[anchors, candidates]`` similarities s.
+    positive_mask: ``[anchors, candidates]``, true for the anchor's within-class pairs.
+    negative_mask: ``[anchors, candidates]``, true for its between-class pairs.
+    margin: m.
+    gamma: γ.
+
+  Returns:
+    ``[anchors]`` losses.
+  """
+  s = similarities.astype(jnp.float32)
+  positive, negative = _circle_logits(s, s, margin, gamma)
+  positive = jnp.where(positive_mask, positive, _MASKED_LOGIT)
+  negative = jnp.where(negative_mask, negative, _MASKED_LOGIT)
+  return jax.nn.softplus(jax.nn.logsumexp(negative, axis=-1)
+                         + jax.nn.logsumexp(positive, axis=-1))
+
+
+def pairwise_circle_loss(anchors: jnp.ndarray, anchor_labels: jnp.ndarray,
+                         anchor_index: jnp.ndarray, gallery: jnp.ndarray,
+                         gallery_labels: jnp.ndarray, margin: float = 0.25,
+                         gamma: float = 256.0) -> jnp.ndarray:
+  """The pair-wise Circle loss (Sun et al. 2020, Eq. 4) of anchors against a batch.
+
+  Similarities are cosines; every other example of the gallery with the anchor's label is a
+  positive, every example of another label a negative (the anchor itself is neither).
+
+  Args:
+    anchors: embeddings ``[A, D]``.
+    anchor_labels: ``[A]``.
+    anchor_index: each anchor's row in the gallery ``[A]`` (to leave out the self-pair).
+    gallery: embeddings ``[G, D]`` (e.g. the whole global batch, anchors included).
+    gallery_labels: ``[G]``.
+    margin: m.
+    gamma: γ.
+
+  Returns:
+    ``[A]`` losses.
+  """
+  similarities = normalize(anchors) @ normalize(gallery).T  # [A, G]
+  same = anchor_labels[:, None] == gallery_labels[None, :]
+  not_self = anchor_index[:, None] != jnp.arange(gallery.shape[0])[None, :]
+  return masked_circle_loss(similarities, same & not_self, ~same, margin, gamma)
+
+
+def class_circle_loss(cosines: jnp.ndarray, labels: jnp.ndarray, margin: float = 0.25,
+                      gamma: float = 256.0) -> jnp.ndarray:
+  """The class-level Circle loss (Sun et al. 2020, §3.1): one positive, K − 1 negatives.
+
+  s_p = cos(x, w_y) and s_n = cos(x, w_j), j ≠ y, on the normalized class weights w of a
+  cosine classifier.
+
+  Args:
+    cosines: ``[batch, K]`` cosine similarities to the class weights.
+    labels: ``[batch]`` integer class ids.
+    margin: m.
+    gamma: γ.
+
+  Returns:
+    ``[batch]`` losses.
+  """
+  own = jax.nn.one_hot(labels, cosines.shape[-1], dtype=jnp.bool_)
+  return masked_circle_loss(cosines, own, ~own, margin, gamma)
+
+
+def normalize(x: jnp.ndarray, epsilon: float = 1e-12) -> jnp.ndarray:
+  """Rows scaled to unit L2 norm (``[..., D]`` → ``[..., D]``, float32)."""
+  x = x.astype(jnp.float32)
+  return x * lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), epsilon))
+
+
+# ------------------------------------------------------------------------------------------
+# Multi-label losses with unknown labels.
+
+# g(p) = α p^γ + β with γ = 1, g(1) = 1 and g(0.1) = 5 (Durand et al. 2019, §3.1).
+PARTIAL_BCE_ALPHA = -40.0 / 9.0
+PARTIAL_BCE_BETA = 49.0 / 9.0
+
+
+def known_label_bce(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """Binary cross-entropy of the known labels, summed and divided by the number of classes C.
+
+  ℓ = −(1/C) Σ_c [1[y_c = 1] log σ(x_c) + 1[y_c = −1] log(1 − σ(x_c))]: with every label
+  known this is the ordinary multi-label BCE; unknown labels (0) contribute nothing.
+
+  Args:
+    logits: ``[batch, C]``.
+    labels: ``[batch, C]`` in {1: positive, −1: negative, 0: unknown}.
+
+  Returns:
+    ``[batch]`` losses.
+  """
+  x = logits.astype(jnp.float32)
+  positive = (labels > 0).astype(jnp.float32)
+  negative = (labels < 0).astype(jnp.float32)
+  # log(1 − σ(x)) = log σ(−x).
+  log_likelihood = positive * jax.nn.log_sigmoid(x) + negative * jax.nn.log_sigmoid(-x)
+  return -jnp.sum(log_likelihood, axis=-1) / x.shape[-1]
+
+
+def partial_bce(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """Partial binary cross-entropy (Durand et al. 2019, Eq. 2).
+
+  ℓ = g(p)·``known_label_bce``, where p is the example's fraction of known labels and
+  g(p) = α p + β with α = −40/9, β = 49/9 (γ = 1, g(1) = 1, g(0.1) = 5): an example with few
+  known labels weighs as much as a fully labelled one. An example with no known label has
+  loss 0.
+
+  Args:
+    logits: ``[batch, C]``.
+    labels: ``[batch, C]`` in {1: positive, −1: negative, 0: unknown}.
+
+  Returns:
+    ``[batch]`` losses.
+  """
+  known_fraction = jnp.mean((labels != 0).astype(jnp.float32), axis=-1)
+  scale = PARTIAL_BCE_ALPHA * known_fraction + PARTIAL_BCE_BETA
+  return scale * known_label_bce(logits, labels)

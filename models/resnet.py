@@ -381,6 +381,13 @@ class ResNet(nn.Module):
     drop_block_size: DropBlock block side (paper: 7), capped per feature map.
     drop_block_stages: 1-based stages whose blocks use DropBlock (paper: 3
       and 4).
+    feature_dim: Width of a linear feature layer `feature` between the pooled
+      trunk and the classifier (0 = none). With it the model returns
+      `{'logits', 'features'}` so that embedding losses see the features (2
+      for the 2-D pictures of Wen et al. 2016 and Calefati et al. 2018).
+    cosine_head: The classifier computes cos(x, w_k) between its input and each
+      normalized class weight, without bias (the class-level form of the
+      Circle loss, Sun et al. 2020), instead of x·W + b.
     dtype: Compute dtype of the convolutional trunk (e.g. bfloat16 for mixed
       precision). Pooling and classifier always run in float32.
     param_dtype: Dtype of the parameters.
@@ -400,6 +407,8 @@ class ResNet(nn.Module):
   drop_block_rate: float = 0.0
   drop_block_size: int = 7
   drop_block_stages: Sequence[int] = (3, 4)
+  feature_dim: int = 0
+  cosine_head: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -423,6 +432,9 @@ class ResNet(nn.Module):
     if self.drop_block_size < 1:
       raise ValueError('drop_block_size must be positive, got '
                        f'{self.drop_block_size}.')
+    if not isinstance(self.feature_dim, int) or self.feature_dim < 0:
+      raise ValueError('feature_dim must be an integer >= 0 (0 = no feature '
+                       f'layer), got {self.feature_dim!r}.')
     if self.drop_block_rate > 0 and any(
         s not in range(1, len(self.stage_sizes) + 1)
         for s in self.drop_block_stages):
@@ -459,7 +471,9 @@ class ResNet(nn.Module):
         `self.drop_block_rate`. Ignored when `self.drop_block_rate` is 0.
 
     Returns:
-      Logits [batch, num_classes], always float32.
+      Logits [batch, num_classes], always float32; with a `feature_dim`, the
+      dict `{'logits': [batch, num_classes], 'features': [batch,
+      feature_dim]}`.
     """
     conv_init, dense_init = self._initializers()
     conv = functools.partial(
@@ -524,13 +538,51 @@ class ResNet(nn.Module):
     # Head: pool and classify in float32 so low-precision training still gets
     # full-precision logits for the softmax/cross-entropy.
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(
-        self.num_classes,
-        dtype=jnp.float32,
-        param_dtype=self.param_dtype,
-        kernel_init=dense_init,
-        bias_init=nn.initializers.zeros,
-        name='head')(x)
+    features = None
+    if self.feature_dim:
+      # Linear, as the papers' 2-D feature layers: the embedding losses act on it.
+      features = x = nn.Dense(
+          self.feature_dim, dtype=jnp.float32, param_dtype=self.param_dtype,
+          kernel_init=dense_init, name='feature')(x)
+    if self.cosine_head:
+      logits = CosineClassifier(self.num_classes, kernel_init=dense_init,
+                                param_dtype=self.param_dtype, name='head')(x)
+    else:
+      logits = nn.Dense(
+          self.num_classes,
+          dtype=jnp.float32,
+          param_dtype=self.param_dtype,
+          kernel_init=dense_init,
+          bias_init=nn.initializers.zeros,
+          name='head')(x)
+    if features is None:
+      return logits
+    return {'logits': logits, 'features': features}
+
+
+class CosineClassifier(nn.Module):
+  """cos(x, w_k) for each class k: normalized inputs times normalized weights.
+
+  Attributes:
+    num_classes: K.
+    kernel_init: initializer of the class weights `kernel` [features, K].
+    param_dtype: Dtype of the parameters.
+  """
+  num_classes: int
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """[batch, features] -> cosines [batch, num_classes] in [-1, 1], float32."""
+    x = x.astype(jnp.float32)
+    kernel = self.param('kernel', self.kernel_init,
+                        (x.shape[-1], self.num_classes), self.param_dtype)
+    kernel = kernel.astype(jnp.float32)
+    x = x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
+    kernel = kernel / jnp.sqrt(
+        jnp.maximum(jnp.sum(kernel * kernel, 0, keepdims=True), 1e-12))
+    return x @ kernel
 
 
 # depth -> (block, stage_sizes), as in torchvision/timm.

@@ -11,6 +11,8 @@ model input and ``DatasetInfo.element_spec`` one example per key.
   arrays.py       splits of in-memory arrays (``ArraySource``).
   padded_eval.py  the padded, masked exact-evaluation iterators.
   bundled.py      scikit-learn's digits (written once as a TFDS dataset) and tables.
+  digit_sets.py   the digits with P×K batches (``digits_pk``) and multi-label digit mosaics
+                  with hidden labels (``digits_mosaic``), in memory.
   sequences.py    synthetic sequence-to-sequence tasks from a seed (``seq_copy``,
                   ``seq_reverse``, ``seq_sort``, ``seq_add``).
   translation.py  any prepared TFDS translation dataset, length-bucketed
@@ -34,6 +36,7 @@ from bagtricks.data.base import (Batch, DataError, DatasetInfo, Source, per_proc
 from bagtricks.data.bundled import (BUNDLED_SOURCES, LOCAL_SOURCES, REGRESSION_SOURCES,
                                     TABULAR_SOURCES, TabularData, TabularSource, digits_arrays,
                                     load_tabular, prepare_sklearn_digits)
+from bagtricks.data.digit_sets import DIGIT_SET_SOURCES, DigitMosaicSource, DigitsPKSource
 from bagtricks.data.padded_eval import ArrayEvalBatches, PaddedEvalBatches, pad_batch
 from bagtricks.data.sequences import SEQUENCE_SOURCES, SequenceTask, SequenceTaskSource
 from bagtricks.data.tfds_images import TfdsImageSource, resolve_data_dir
@@ -64,7 +67,7 @@ def source_names() -> Tuple[str, ...]:
   return tuple(_REGISTRY)
 
 
-for _name, _factory in {**BUNDLED_SOURCES, **SEQUENCE_SOURCES}.items():
+for _name, _factory in {**BUNDLED_SOURCES, **DIGIT_SET_SOURCES, **SEQUENCE_SOURCES}.items():
   register_source(_name, _factory)
 
 # The bundled and synthetic dataset names (``source_names()`` also lists those registered
@@ -97,7 +100,8 @@ def get_source(config) -> Source:
 
 __all__ = [
     "ArrayEvalBatches", "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
-    "DatasetInfo", "EOS_ID", "LOCAL_SOURCES", "PAD_ID", "PaddedEvalBatches",
+    "DatasetInfo", "DigitMosaicSource", "DigitsPKSource", "EOS_ID", "LOCAL_SOURCES", "PAD_ID",
+    "PaddedEvalBatches",
     "REGRESSION_SOURCES", "SEQUENCE_SOURCES", "SOURCE_NAMES", "SentencePieceTokenizer",
     "SequenceTask", "SequenceTaskSource", "Source", "TABULAR_SOURCES", "TabularData",
     "TabularSource", "TfdsImageSource", "TranslationSource", "build_tokenizer",

@@ -14,6 +14,8 @@ from typing import Callable, Dict, List, Type
 import models
 from bagtricks.tasks.base import Refit, Task, TaskBase
 from bagtricks.tasks.classification import ClassificationTask, logits_of, prediction_heads
+from bagtricks.tasks.embedding import CenterLossTask, CircleLossTask
+from bagtricks.tasks.multilabel import MultiLabelTask
 from bagtricks.tasks.sequence import Seq2SeqTask
 from bagtricks.tasks.trees import ForestTask, SoftTreeTask
 
@@ -35,6 +37,9 @@ register_task("classification")(ClassificationTask)
 register_task("soft_tree")(SoftTreeTask)
 register_task("forest")(ForestTask)
 register_task("seq2seq")(Seq2SeqTask)
+register_task("center_loss")(CenterLossTask)
+register_task("circle_loss")(CircleLossTask)
+register_task("multilabel")(MultiLabelTask)
 
 
 def task_names() -> tuple:
@@ -95,7 +100,7 @@ def data_problems(config, dataset_info) -> List[str]:
   return list(check(config, dataset_info)) if check else []
 
 
-__all__ = ["ClassificationTask", "config_problems", "create_task", "data_problems",
-           "ForestTask", "get_task_class", "logits_of", "prediction_heads", "Refit",
-           "register_task", "Seq2SeqTask", "SoftTreeTask", "Task", "TaskBase", "task_name",
-           "task_names"]
+__all__ = ["CenterLossTask", "CircleLossTask", "ClassificationTask", "config_problems",
+           "create_task", "data_problems", "ForestTask", "get_task_class", "logits_of",
+           "MultiLabelTask", "prediction_heads", "Refit", "register_task", "Seq2SeqTask",
+           "SoftTreeTask", "Task", "TaskBase", "task_name", "task_names"]

@@ -326,3 +326,38 @@ def test_init_from_that_does_not_fit_stops_before_compiling(digits_data_dir, tmp
   config.init_from = str(tmp_path / "nothing")
   with pytest.raises(finetune.InitFromError, match="holds no checkpoint"):
     train.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+# --------------------------------------------------------------------------------------------
+# The study's runs and report.
+
+
+def test_study_target_runs_count_steps_and_stretch_them(digits_data_dir, tmp_path):
+  from bagtricks import pretrain_study
+  from configs import pretrain_digits
+  config = pretrain_digits.get_config()
+  config.dataset.data_dir = digits_data_dir
+  target = pretrain_study.target_config(config, "finetune", 0.1, 3.0, 2, 100, "runs/src")
+  assert (target.seed, target.dataset.train_split, target.dataset.classes) == (
+      2, "train[:10%]", (5, 6, 7, 8, 9))
+  assert (target.init_from, target.init_reinit, target.schedule_multiplier) == (
+      "runs/src", "^head/", 3.0)
+  steps_per_epoch = data.get_source(target).info().steps_per_epoch
+  assert optim.total_steps(target, steps_per_epoch) == 300
+  assert round(target.eval_every_epochs * steps_per_epoch) == 10
+  schedule = optim.build_schedule(target, steps_per_epoch, target.batch_size)
+  assert float(schedule(30)) == pytest.approx(0.4 * 32 / 256)  # warm-up: 1/10 of 3 × 100
+  scratch = pretrain_study.target_config(config, "scratch", 1.0, 1.0, 0, 100, "runs/src")
+  assert scratch.init_from == "" and scratch.dataset.train_split == "train"
+  rows = [{"init": init, "fraction": 1.0, "multiplier": 1.0, "accuracies": accs,
+           "accuracy": float(np.mean(accs)), "std": float(np.std(accs)), "early_step": 20,
+           "early_accuracy": early, "steps": [10.0, 20.0], "curve": [50.0, 80.0],
+           "train_seconds": 1.0}
+          for init, accs, early in (("finetune", [95.0, 97.0], 80.0),
+                                    ("scratch", [90.0, 90.0], 40.5))]
+  result = {"source": {"steps": 300, "test_accuracy": 0.99}, "rows": rows, "base_steps": 100}
+  table = pretrain_study.markdown_table(result)
+  assert "| 100 % | 1× (100 steps) | finetune | 80.0 | 96.00 ± 1.00 | 95.0, 97.0 |" in table
+  assert "| 100 % | 1× (100 steps) | scratch | 40.5 | 90.00 ± 0.00 | 90.0, 90.0 |" in table
+  pretrain_study.plot(result, str(tmp_path / "study.png"))
+  assert os.path.getsize(tmp_path / "study.png") > 10_000

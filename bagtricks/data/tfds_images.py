@@ -254,7 +254,8 @@ class TfdsImageSource:
       image = pp(decode(ex["image"]), _example_seed(config.seed, position))
       return {"image": tf.cast(image, tf.float32), "label": tf.cast(ex["label"], tf.int32)}
 
-    ds = _read(builder, mine, cache=False, classes=self.classes).take(sizes[jax.process_index()]).enumerate()
+    ds = _read(builder, mine, cache=False, classes=self.classes)
+    ds = ds.take(sizes[jax.process_index()]).enumerate()
     ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
     if dc.cache:  # Small datasets: decode and preprocess once for all evaluations.
       ds = ds.cache()

@@ -71,6 +71,30 @@ def test_noam_warmup_stretches():
   assert values[119] == pytest.approx((16 * 120) ** -0.5, rel=1e-5)
 
 
+def test_augmentation_epochs_stretch_with_the_schedule():
+  # mixup off for the last 2 epochs and a GridMask ramp of 4 epochs, at 10 steps/epoch and
+  # 3×: off for the last 60 of 300 steps, ramp over 120 steps.
+  from bagtricks import hooks
+  config = _stretched("cosine", 3.0)
+  config.augment.mixup_alpha = 0.2
+  config.augment.mix_off_epochs = 2.0
+  config.augment.gridmask.prob = 0.5
+  config.augment.gridmask.ramp_epochs = 4.0
+  total = optim.total_steps(config, 10)
+  built = hooks.build_step_hooks(config, tasks.create_task(config, _digits_info()), {},
+                                 optim.build_schedule(config, 10, 256), 10, total)
+  augment = built[0].augment
+  assert (total, augment.mix_until_step, augment.gridmask_ramp_steps) == (300, 240, 120)
+
+
+def _digits_info():
+  return data.DatasetInfo(
+      name="digits", num_classes=10, num_train_examples=100, num_eval_examples=10,
+      steps_per_epoch=10, input_key="image",
+      element_spec={"image": jax.ShapeDtypeStruct((8, 8, 1), np.float32),
+                    "label": jax.ShapeDtypeStruct((), np.int32)})
+
+
 @pytest.mark.parametrize("value", [0.0, -2.0])
 def test_bad_schedule_multiplier_is_a_config_error(value):
   config = default.get_config()

@@ -143,8 +143,29 @@ class Checkpointer:
                             + "; ".join(problems) + "." + hint)
     return variables
 
-  def _read_latest(self, hint: str):
-    step = self.latest_step()
+  def read(self, step: Optional[int] = None, hint: str = "") -> Optional[tuple]:
+    """The raw checkpoint ``step`` (default: the latest) as nested dicts of host arrays.
+
+    Whatever the checkpoint holds is returned as it is (a train state's fields, or a
+    converter's ``{'step', 'params', 'batch_stats'}``), for readers that take only part of it.
+
+    Args:
+      step: the step to read; None for the latest.
+      hint: what to do, appended to the error.
+
+    Returns:
+      ``(path of the step's directory, tree)``, or None when there is no checkpoint.
+
+    Raises:
+      CheckpointError: the checkpoint cannot be read, or ``step`` is not among the steps.
+    """
+    if step is not None and step not in self._manager.all_steps():
+      raise CheckpointError(f"{self.directory} has no checkpoint of step {step} (it has "
+                            f"{sorted(self._manager.all_steps())}).{hint}")
+    return self._read_latest(hint, step)
+
+  def _read_latest(self, hint: str, step: Optional[int] = None):
+    step = self.latest_step() if step is None else step
     if step is None:
       return None
     where = os.path.join(self.directory, str(step))

@@ -100,7 +100,10 @@ def build_step_hooks(config, task, model_step_kwargs: Dict[str, Schedule],
     Augmentations, teacher, model arguments, weight EMA, learning-rate report.
   """
   hooks: List[StepHook] = []
-  augment = augment_lib.batch_augment_from_config(config.augment, steps_per_epoch, total_steps)
+  # Epoch counts of the augmentations (mixup off for the last epochs, GridMask's ramp)
+  # stretch with the schedule.
+  augment = augment_lib.batch_augment_from_config(
+      config.augment, steps_per_epoch * optim.schedule_multiplier(config), total_steps)
   if augment.active:
     hooks.append(AugmentHook(augment, task.augment_keys))
   if teacher is not None:

@@ -8,12 +8,18 @@ Everything here is pure JAX/optax and can be used from any JAX code:
 * ``weight_decay_mask``: decay conv/dense kernels only, "no bias decay" (§3.1);
 * ``build_optimizer``: the whole optax chain (SGD+Nesterov, Adam, AdamW, LARS or LAMB, optional
   gradient clipping) from an ``ml_collections`` config;
+* ``schedule_multiplier`` / ``total_steps``: one factor that stretches a whole schedule
+  (warm-up, decay boundaries, total steps), the longer schedules of "Rethinking ImageNet
+  Pre-training" (He, Girshick & Dollár 2018);
+* ``param_group_labels`` / ``with_param_groups``: parameter groups by path pattern, each with its
+  learning-rate multiplier or frozen, as an ``optax.multi_transform`` (fine-tuning);
 * ``ema_decay_schedule`` and ``update_ema``: an exponential moving average of the weights.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import re
+from typing import Any, List, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -180,6 +186,22 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
+def schedule_multiplier(config) -> float:
+  """``config.schedule_multiplier`` (1 when the config has none).
+
+  "Rethinking ImageNet Pre-training" (He, Girshick & Dollár 2018, §4–5) trains from scratch
+  with the fine-tuning schedule stretched by k (their 2×, 3×, 6×): every epoch count of the
+  schedule — warm-up, decay boundaries, the total — is multiplied by k, so a 3× cosine run is
+  the 1× curve drawn three times as long.
+  """
+  return float(config.get("schedule_multiplier", 1.0))
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+  """Optimizer steps of the whole run: round(num_epochs · schedule_multiplier · steps/epoch)."""
+  return int(round(config.num_epochs * schedule_multiplier(config) * steps_per_epoch))
+
+
 def build_schedule(config, steps_per_epoch: int, global_batch_size: int) -> optax.Schedule:
   """The learning-rate schedule described by ``config``.
 
@@ -187,7 +209,9 @@ def build_schedule(config, steps_per_epoch: int, global_batch_size: int) -> opta
   ``config.schedule``: ``name`` (cosine | step | constant | noam), ``warmup_epochs``,
   ``decay_epochs`` (step decay boundaries), ``decay_factor``; ``config.num_epochs``. ``noam``
   (``noam_schedule``) sets its own scale instead: it reads ``schedule.model_dim``,
-  ``schedule.warmup_steps`` and ``schedule.scale``, and not ``base_lr``.
+  ``schedule.warmup_steps`` and ``schedule.scale``, and not ``base_lr``. Every length (warm-up,
+  boundaries, total, noam's warm-up steps) is multiplied by ``config.schedule_multiplier``
+  (``schedule_multiplier``) before it is rounded to steps.
 
   Args:
     config: the run's ``ml_collections.ConfigDict``.
@@ -199,21 +223,141 @@ def build_schedule(config, steps_per_epoch: int, global_batch_size: int) -> opta
   """
   lr = linear_scaled_lr(config.optimizer.base_lr, global_batch_size,
                         config.optimizer.base_batch_size)
-  warmup_steps = int(round(config.schedule.warmup_epochs * steps_per_epoch))
-  total_steps = int(round(config.num_epochs * steps_per_epoch))
+  stretch = schedule_multiplier(config)
+  warmup_steps = int(round(config.schedule.warmup_epochs * stretch * steps_per_epoch))
   name = config.schedule.name
   if name == "noam":
-    return noam_schedule(config.schedule.model_dim, config.schedule.warmup_steps,
+    return noam_schedule(config.schedule.model_dim,
+                         int(round(config.schedule.warmup_steps * stretch)),
                          config.schedule.get("scale", 1.0))
   if name == "cosine":
-    return warmup_cosine_schedule(lr, warmup_steps, total_steps,
+    return warmup_cosine_schedule(lr, warmup_steps, total_steps(config, steps_per_epoch),
                                   final_lr=config.schedule.get("final_lr", 0.0))
   if name == "step":
-    boundaries = [int(round(e * steps_per_epoch)) for e in config.schedule.decay_epochs]
+    boundaries = [int(round(e * stretch * steps_per_epoch)) for e in config.schedule.decay_epochs]
     return warmup_step_schedule(lr, warmup_steps, boundaries, config.schedule.decay_factor)
   if name == "constant":
     return warmup_constant_schedule(lr, warmup_steps)
   raise ValueError(f"config.schedule.name={name!r} is unknown; use one of {SCHEDULES}.")
+
+
+DEFAULT_GROUP = "default"
+
+
+def path_name(path: Sequence[Any]) -> str:
+  """A parameter's path as one string, e.g. ``'stage1_block1/conv1/kernel'``."""
+  return "/".join(_path_name(entry) for entry in path)
+
+
+def param_groups_from_config(config) -> List[Tuple[str, str, float]]:
+  """``config.optimizer.param_groups`` as ``[(name, pattern, lr_multiplier)]`` (empty if none).
+
+  Each entry is a ``(name, pattern, lr_multiplier)`` triple (from Python or the command line
+  as a tuple of tuples): ``pattern`` a regular expression searched (``re.search``) in each
+  parameter's path name (``path_name``); a parameter belongs to the first group whose pattern
+  it matches, or else to the group ``'default'`` (multiplier 1). A multiplier of 0 freezes the
+  group (``optax.set_to_zero``: no update, no weight decay, no optimizer state).
+  """
+  groups = config.optimizer.get("param_groups", ()) or ()
+  return [(str(g[0]), str(g[1]), float(g[2])) for g in groups]
+
+
+def param_group_problems(config) -> List[str]:
+  """What is wrong with ``config.optimizer.param_groups`` (its syntax; empty when fine).
+
+  Whether each pattern matches some parameter is known only with the model's parameters:
+  ``unmatched_param_groups``.
+  """
+  groups = config.optimizer.get("param_groups", ()) or ()
+  field = "config.optimizer.param_groups"
+  example = "e.g. (('backbone', '^(stem|stage)', 0.1), ('head', '^head/', 1.0))"
+  if not isinstance(groups, (tuple, list)):
+    return [f"{field}={groups!r} must be a tuple of (name, pattern, lr_multiplier) triples, "
+            f"{example}."]
+  problems, seen = [], set()
+  for entry in groups:
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 3):
+      problems.append(f"{field} entry {entry!r} must be a (name, pattern, lr_multiplier) "
+                      f"triple, {example}.")
+      continue
+    name, pattern, multiplier = entry
+    if not isinstance(name, str) or not name or name == DEFAULT_GROUP or name in seen:
+      problems.append(f"{field}: group name {name!r} must be a non-empty string, unique and not "
+                      f"{DEFAULT_GROUP!r} (the group of every unmatched parameter).")
+    seen.add(name)
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      problems.append(f"{field}: group {name!r} has pattern {pattern!r}, which is not a regular "
+                      f"expression ({e}).")
+    if (not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool)
+        or not multiplier >= 0 or multiplier == float("inf")):
+      problems.append(f"{field}: group {name!r} has lr_multiplier {multiplier!r}; use a finite "
+                      "number >= 0 (0 freezes the group, 1 keeps the learning rate).")
+  return problems
+
+
+def param_group_labels(params: Any, groups: Sequence[Tuple[str, str, float]]) -> Any:
+  """The group name of every parameter: the first group whose pattern its path matches.
+
+  Args:
+    params: a pytree of parameters (arrays or ``jax.ShapeDtypeStruct``).
+    groups: ``[(name, pattern, lr_multiplier)]`` (``param_groups_from_config``).
+
+  Returns:
+    A pytree of group names with the structure of ``params``, the ``param_labels`` of
+    ``optax.multi_transform``; ``'default'`` where no pattern matches.
+  """
+  compiled = [(name, re.compile(pattern)) for name, pattern, _ in groups]
+
+  def label(path, leaf):
+    del leaf
+    name = path_name(path)
+    for group, pattern in compiled:
+      if pattern.search(name):
+        return group
+    return DEFAULT_GROUP
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def unmatched_param_groups(params: Any, groups: Sequence[Tuple[str, str, float]]) -> List[str]:
+  """Problems: groups that no parameter falls into (a pattern that matches nothing)."""
+  labels = set(jax.tree_util.tree_leaves(param_group_labels(params, groups)))
+  names = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  shown = ", ".join(names[:3] + names[-2:])
+  return [f"config.optimizer.param_groups: group {name!r} (pattern {pattern!r}) matches no "
+          f"parameter; parameter names look like {shown}." for name, pattern, _ in groups
+          if name not in labels]
+
+
+def with_param_groups(tx: optax.GradientTransformation, groups: Sequence[Tuple[str, str, float]]
+                      ) -> optax.GradientTransformation:
+  """``tx`` applied per parameter group, each group's update scaled by its multiplier.
+
+  Every optimizer here ends with its learning rate as a factor of the update (SGD, momentum,
+  Adam, LARS and LAMB are linear in it), so scaling group g's update by m_g trains g with
+  learning rate m_g·η(t): the per-group multipliers of fine-tuning. m_g = 0 is
+  ``optax.set_to_zero()`` (frozen, no state). Each group keeps its own optimizer state.
+
+  Args:
+    tx: the optimizer for the default group (learning rate η(t)).
+    groups: ``[(name, pattern, lr_multiplier)]``.
+
+  Returns:
+    ``tx`` itself when there are no groups, else an ``optax.multi_transform``.
+  """
+  if not groups:
+    return tx
+  transforms = {DEFAULT_GROUP: tx}
+  for name, _, multiplier in groups:
+    if multiplier == 0:
+      transforms[name] = optax.set_to_zero()
+    elif multiplier == 1:
+      transforms[name] = tx
+    else:
+      transforms[name] = optax.chain(tx, optax.scale(multiplier))
+  return optax.multi_transform(transforms, lambda params: param_group_labels(params, groups))
 
 
 def build_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTransformation:
@@ -229,8 +373,10 @@ def build_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTran
   * ``lars`` / ``lamb``: layer-wise trust ratios (You et al. 2017 / 2020); the trust ratio is
     applied to the same leaves as weight decay.
 
-  In every case weight decay is applied to ``weight_decay_mask(params)`` only, and gradients
-  are clipped to global norm ``grad_clip_norm`` first when it is positive.
+  In every case weight decay is applied to ``weight_decay_mask(params)`` only, the chain is
+  applied per group of ``optimizer.param_groups`` (``with_param_groups``: a learning-rate
+  multiplier per group, or frozen), and gradients are clipped to global norm
+  ``grad_clip_norm`` first, over all parameters, when it is positive.
 
   Args:
     config: the run's config; reads ``config.optimizer``.
@@ -264,6 +410,7 @@ def build_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTran
                     mask=weight_decay_mask)
   else:
     raise ValueError(f"config.optimizer.name={name!r} is unknown; use one of {OPTIMIZERS}.")
+  tx = with_param_groups(tx, param_groups_from_config(config))
   if opt.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx

@@ -77,6 +77,27 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, task,
       task_state=task_state)
 
 
+def variable_shapes(model: nn.Module, task, example_batch: Dict[str, Any]) -> Dict[str, Any]:
+  """The model's ``params`` and ``batch_stats`` as ``jax.ShapeDtypeStruct`` trees.
+
+  Traced with ``jax.eval_shape``, nothing is compiled or computed: for checks of parameter
+  names and shapes that must run before compiling (``config.init_from``, parameter groups).
+
+  Args:
+    model: the Flax module.
+    task: the run's task (its ``input_keys``).
+    example_batch: one batch of zeros with the dataset's entries.
+
+  Returns:
+    ``{'params': ..., 'batch_stats': ...}`` (``batch_stats`` ``{}`` for models without
+    BatchNorm).
+  """
+  args, kwargs = model_inputs(task, example_batch, jnp.float32)
+  variables = jax.eval_shape(
+      lambda key: model.init(key, *args, train=False, **kwargs), jax.random.PRNGKey(0))
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
 def init_train_state(model: nn.Module, tx: optax.GradientTransformation, task,
                      example_batch: Dict[str, Any], seed: int,
                      ema: bool = False) -> TrainState:

@@ -25,11 +25,11 @@ from absl import logging
 from clu import metric_writers
 
 import models
-from bagtricks import checkpoint, data, distill, hooks, optim, precision, records, steps
-from bagtricks import tasks, validate
+from bagtricks import checkpoint, data, distill, finetune, hooks, optim, precision, records
+from bagtricks import steps, tasks, validate
 from bagtricks.divergence import Diverged, DivergenceGuard, check_finite_state
 from bagtricks.parallel import AXIS_NAME, DataParallel
-from bagtricks.state import init_train_state
+from bagtricks.state import init_train_state, variable_shapes
 
 
 class Preempted(Exception):
@@ -198,7 +198,7 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
   model = models.create_model_from_config(config, info, num_outputs=task.num_outputs,
                                           dtype=policy.compute_dtype, axis_name=AXIS_NAME)
   steps_per_epoch = info.steps_per_epoch
-  total_steps = int(round(config.num_epochs * steps_per_epoch))
+  total_steps = optim.total_steps(config, steps_per_epoch)
   schedule = optim.build_schedule(config, steps_per_epoch, config.batch_size)
   tx = precision.wrap_optimizer(optim.build_optimizer(config, schedule), policy,
                                 config.loss_scale.to_dict())
@@ -210,6 +210,7 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
                                            total_steps),
       schedule, steps_per_epoch, total_steps, teacher=teacher)
   use_ema = config.ema.decay > 0
+  init_plan = _check_variables(config, model, task, info, workdir)
 
   host_state = init_train_state(model, tx, task, info.example_batch(), config.seed,
                                 ema=use_ema)
@@ -224,6 +225,9 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
   if restored is not None:
     host_state = restored
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(host_state.step))
+  elif init_plan is not None:
+    host_state = finetune.apply_plan(host_state, init_plan)
+    finetune.log_plan(init_plan, workdir if is_main else None)
   start_step = int(host_state.step)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -378,6 +382,33 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
   if is_main:
     records.write_json(summary_path, summary)
   return records.strict_json(summary)
+
+
+def _check_variables(config, model, task, info, workdir: str):
+  """Checks of parameter names and shapes, traced (not compiled) before anything else runs.
+
+  Returns the ``finetune.InitPlan`` of ``config.init_from`` when the run starts from it (a
+  run with its own checkpoint resumes from that instead), else None.
+
+  Raises:
+    validate.ConfigError: a parameter group matches no parameter.
+    finetune.InitFromError: ``init_from`` names no checkpoint or one that does not fit.
+  """
+  groups = optim.param_groups_from_config(config)
+  init_from = config.get("init_from", "")
+  resuming = finetune.has_checkpoint(os.path.join(workdir, "checkpoints"))
+  if not groups and (not init_from or resuming):
+    return None
+  shapes = variable_shapes(model, task, info.example_batch())
+  problems = optim.unmatched_param_groups(shapes["params"], groups)
+  if problems:
+    raise validate.ConfigError("Invalid config: " + " ".join(problems))
+  if not init_from or resuming:
+    return None
+  where, pretrained = finetune.read_pretrained(init_from)
+  num_outputs = task.num_outputs if task.num_outputs is not None else info.num_classes
+  return finetune.plan_init(shapes, pretrained, num_outputs, source=where,
+                            reinit_pattern=config.get("init_reinit", ""))
 
 
 def _check_divergence(guard: DivergenceGuard, dp: DataParallel, unchecked: list,

@@ -13,7 +13,7 @@ from typing import List
 import jax
 
 import models
-from bagtricks import distill, optim, precision, preprocess, tasks
+from bagtricks import distill, finetune, optim, precision, preprocess, tasks
 from bagtricks.parallel import BACKENDS
 
 
@@ -158,6 +158,10 @@ def validate_config(config, num_local_devices: int) -> None:
       else:
         problems.append(f"config.{field} is missing; schedule 'noam' needs it (the paper: "
                         "model_dim = d_model = 512, warmup_steps = 4000).")
+  if "schedule_multiplier" in config:
+    _positive(config, "schedule_multiplier", problems)
+  problems.extend(optim.param_group_problems(config))
+  problems.extend(finetune.config_problems(config))
   if config.precision == "fp16":
     for field in ("loss_scale.init_scale", "loss_scale.growth_interval",
                   "loss_scale.max_scale"):

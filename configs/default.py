@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.eval_pp = "normalize"
   config.dataset.shuffle_buffer = 2048
   config.dataset.cache = True
+  # Keep only these classes, relabelled 0, 1, ... in this order; () = all. A subset of the
+  # train split is a TFDS split expression: train_split = "train[:10%]".
+  config.dataset.classes = ()
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet18d"
@@ -56,6 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-8
   config.optimizer.trust_coefficient = 0.001
+  # Parameter groups for fine-tuning: (name, regex on the parameter path, lr multiplier)
+  # triples, first match wins, the rest is group 'default' (x1); multiplier 0 freezes.
+  # E.g. (("stem", "^stem", 0.0), ("head", "^head/", 10.0)).
+  config.optimizer.param_groups = ()
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = "cosine"
@@ -63,6 +70,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.decay_epochs = (30, 60, 90)  # Only for name='step'.
   config.schedule.decay_factor = 0.1
   config.schedule.final_lr = 0.0
+  # Stretches warm-up, decay boundaries and the total (epochs) by this factor: the 2x, 3x, 6x
+  # schedules of "Rethinking ImageNet Pre-training".
+  config.schedule_multiplier = 1.0
+
+  # Start from another run's weights (fine-tuning): its workdir, checkpoints directory or one
+  # step's directory; '' = from scratch. Variables whose path matches init_reinit (a regex)
+  # keep their fresh initialization; a head of another class count is re-initialized anyway.
+  config.init_from = ""
+  config.init_reinit = ""
 
   config.num_epochs = 40
   config.batch_size = 128

@@ -14,12 +14,18 @@ the already-seen part of the current epoch before decoding, so its cost is bound
 
 Evaluation reads each process's share of the split (``tfds.even_splits``) once, in order,
 preprocessed with ``dataset.eval_pp``, padded and masked (``padded_eval``).
+
+Subsets: ``dataset.train_split`` and ``eval_split`` take TFDS split expressions
+(``'train[:10%]'`` trains on the first tenth), and ``dataset.classes`` keeps only the examples
+of the listed classes, relabelled 0, 1, ... in the order given (``(5, 6, 7, 8, 9)`` makes a
+5-class problem of the digits 5–9), in both splits. Counting a class subset reads the
+split's labels once (images are not decoded).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -37,7 +43,7 @@ def resolve_data_dir(data_dir: str | None) -> str:
   return os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)
 
 
-def _read(builder, split: str, cache: bool) -> tf.data.Dataset:
+def _read(builder, split: str, cache: bool, classes: Sequence[int] = ()) -> tf.data.Dataset:
   # Images stay encoded until after shuffling and skipping, so a resume never decodes the
   # examples it skips.
   ds = builder.as_dataset(
@@ -46,7 +52,33 @@ def _read(builder, split: str, cache: bool) -> tf.data.Dataset:
       decoders={"image": tfds.decode.SkipDecoding()},
       read_config=tfds.ReadConfig(try_autocache=False))
   ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+  if classes:
+    # Old label → position in `classes`, −1 for the classes left out.
+    new_label = np.full(builder.info.features["label"].num_classes, -1, np.int64)
+    new_label[list(classes)] = np.arange(len(classes))
+    table = tf.constant(new_label)
+    ds = ds.map(lambda ex: {"image": ex["image"],
+                            "label": tf.gather(table, tf.cast(ex["label"], tf.int64))})
+    ds = ds.filter(lambda ex: ex["label"] >= 0)
   return ds.cache() if cache else ds
+
+
+def class_subset(config, num_classes: int) -> Tuple[int, ...]:
+  """``config.dataset.classes`` checked against the dataset's ``num_classes`` (``()``: all).
+
+  Raises:
+    DataError: not distinct integers in [0, num_classes), or fewer than two.
+  """
+  classes = config.dataset.get("classes", ()) or ()
+  ok = (isinstance(classes, (tuple, list)) and len(classes) >= 2
+        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes
+                for c in classes)
+        and len(set(classes)) == len(classes))
+  if not ok:
+    raise DataError(f"config.dataset.classes={classes!r} must be () (all classes) or at least "
+                    f"two distinct class ids in [0, {num_classes}), e.g. (0, 1, 2, 3, 4); "
+                    "they are relabelled 0, 1, ... in that order.")
+  return tuple(classes)
 
 
 def _example_seed(seed: int, position: tf.Tensor) -> tf.Tensor:
@@ -98,7 +130,8 @@ class TfdsImageSource:
   Args:
     config: the run config (reads ``seed``, ``batch_size``, ``eval_batch_size`` and
       ``dataset.*``: ``name``, ``data_dir``, ``train_split``, ``eval_split``, ``image_size``,
-      ``channels``, ``train_pp``, ``eval_pp``, ``shuffle_buffer``, ``cache``).
+      ``channels``, ``train_pp``, ``eval_pp``, ``shuffle_buffer``, ``cache``, and optionally
+      ``classes``).
     known_names: the non-catalog dataset names to offer when ``config.dataset.name`` is
       unknown.
 
@@ -112,9 +145,23 @@ class TfdsImageSource:
   def __init__(self, config, known_names: Sequence[str] = ()):
     self.config = config
     self.builder = prepared_builder(config, known_names)
+    self.classes = ()
+    if config.dataset.get("classes", ()):
+      self.classes = class_subset(config, self.builder.info.features["label"].num_classes)
+    self._counts: Dict[str, int] = {}
 
   def num_examples(self, split: str) -> int:
-    return self.builder.info.splits[split].num_examples
+    """Examples in ``split`` (a TFDS split expression), of ``dataset.classes`` only if set."""
+    if not self.classes:
+      return self.builder.info.splits[split].num_examples
+    if split not in self._counts:
+      labels = _read(self.builder, split, cache=False, classes=self.classes).map(
+          lambda ex: ex["label"])
+      self._counts[split] = int(labels.reduce(np.int64(0), lambda n, _: n + 1))
+      if not self._counts[split]:
+        raise DataError(f"config.dataset.classes={self.classes!r}: split {split!r} of "
+                        f"{self.config.dataset.name!r} has no example of these classes.")
+    return self._counts[split]
 
   def _steps_per_epoch(self) -> int:
     # Every process reads an equal share of the train split.
@@ -132,15 +179,16 @@ class TfdsImageSource:
   def info(self) -> DatasetInfo:
     dc = self.config.dataset
     label = self.builder.info.features["label"]
+    classes = self.classes or tuple(range(label.num_classes))
     return DatasetInfo(
         name=dc.name,
-        num_classes=label.num_classes,
+        num_classes=len(classes),
         num_train_examples=self.num_examples(dc.train_split),
         num_eval_examples=self.num_examples(dc.eval_split),
         steps_per_epoch=self._steps_per_epoch(),
         input_key="image",
         element_spec=self.element_spec(),
-        class_names=tuple(label.names),
+        class_names=tuple(label.names[c] for c in classes),
     )
 
   def train_batches(self, start_step: int, num_devices: int) -> Iterator[Batch]:
@@ -158,7 +206,7 @@ class TfdsImageSource:
     epoch_len = steps * batch
     decode = builder.info.features["image"].decode_example
     pp = preprocess.get_preprocess_fn(dc.train_pp)
-    base = _read(builder, split, dc.cache)
+    base = _read(builder, split, dc.cache, self.classes)
     shuffle_buffer = dc.shuffle_buffer
 
     def epoch_examples(epoch):
@@ -206,7 +254,8 @@ class TfdsImageSource:
       image = pp(decode(ex["image"]), _example_seed(config.seed, position))
       return {"image": tf.cast(image, tf.float32), "label": tf.cast(ex["label"], tf.int32)}
 
-    ds = _read(builder, mine, cache=False).take(sizes[jax.process_index()]).enumerate()
+    ds = _read(builder, mine, cache=False, classes=self.classes)
+    ds = ds.take(sizes[jax.process_index()]).enumerate()
     ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
     if dc.cache:  # Small datasets: decode and preprocess once for all evaluations.
       ds = ds.cache()

@@ -1,4 +1,4 @@
-"""Flax models and their registry: ResNets, differentiable trees and forests, an MLP,
+"""Flax models and their registry: ResNets, RegNets, differentiable trees and forests, an MLP,
 Transformers.
 
 ``create_model_from_config(config, dataset_info)`` builds ``config.model``; ``get_spec(name)``
@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from models import explain
+from models import regnet
 from models import resnet
 from models import transformer
 from models.forest import decision_unit_subsets
@@ -32,6 +33,7 @@ from models.registry import ModelSpec
 from models.registry import positive
 from models.registry import register_model
 from models.registry import spec_of_module
+from models.regnet import RegNet
 from models.resnet import ResNet
 from models.resnet import ResNet101
 from models.resnet import ResNet101B
@@ -60,16 +62,16 @@ from models.trees import DNDT
 from models.trees import SoftDecisionTree
 
 # ------------------------------------------------------------------------------------------
-# ResNets.
+# ResNets and RegNets: the same options (norm, zero-γ, DropBlock, dtype) and the same spec.
 
 
-def _resnet_spec(name: str) -> ModelSpec:
+def _resnet_spec(name: str, create=resnet.create_model) -> ModelSpec:
 
   def build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
     kwargs = {"dtype": dtype, "axis_name": axis_name, **kwargs}
     if num_outputs is not None:  # Else the constructor's default (1000 ImageNet classes).
       kwargs["num_classes"] = num_outputs
-    return resnet.create_model(name, **kwargs)
+    return create(name, **kwargs)
 
   def step_kwargs(kwargs, total_steps):
     rate = kwargs.get("drop_block_rate", 0.0)
@@ -83,6 +85,8 @@ def _resnet_spec(name: str) -> ModelSpec:
 
 for _name in resnet.MODEL_NAMES:
   register_model(_name, _resnet_spec(_name))
+for _name in regnet.MODEL_NAMES:
+  register_model(_name, _resnet_spec(_name, regnet.create_model))
 
 # ------------------------------------------------------------------------------------------
 # Trees, forests and the MLP.
@@ -232,7 +236,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, dtype: Any = j
   """Builds a registered model by name from plain keyword arguments.
 
   Args:
-    name: a registered name (case-insensitive): a ResNet such as ``'resnet50d'``, ``'dndt'``,
+    name: a registered name (case-insensitive): a ResNet such as ``'resnet50d'``, a RegNet
+      such as ``'regnetx_002'`` or ``'regnety_080'`` (timm's names), ``'dndt'``,
       ``'sdt'`` (soft decision tree), ``'ndf'`` (neural decision forest), ``'mlp'``,
       ``'transformer'`` (encoder-decoder, the paper's base model by default),
       ``'transformer_base'``, ``'transformer_tiny'``, ``'patch_transformer'`` (a small ViT
@@ -271,6 +276,8 @@ __all__ = [
     'ModelSpec',
     'NeuralDecisionForest',
     'PatchTransformerClassifier',
+    'RegNet',
+    'regnet',
     'register_model',
     'SoftDecisionTree',
     'transformer',

@@ -65,7 +65,7 @@ from models.trees import SoftDecisionTree
 # ResNets and RegNets: the same options (norm, zero-γ, DropBlock, dtype) and the same spec.
 
 
-def _resnet_spec(name: str, create=resnet.create_model) -> ModelSpec:
+def _resnet_spec(name: str, create=resnet.create_model, check_config=None) -> ModelSpec:
 
   def build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
     kwargs = {"dtype": dtype, "axis_name": axis_name, **kwargs}
@@ -80,13 +80,27 @@ def _resnet_spec(name: str, create=resnet.create_model) -> ModelSpec:
     # DropBlock paper: keep_prob decreases linearly from 1 to its target over training.
     return {"drop_block_rate": optax.linear_schedule(0.0, rate, total_steps)}
 
-  return ModelSpec(build=build, step_kwargs=step_kwargs)
+  spec = ModelSpec(build=build, step_kwargs=step_kwargs)
+  return spec if check_config is None else dataclasses.replace(spec, check_config=check_config)
+
+
+def _regnet_design_problems(kwargs) -> List[str]:
+  fields = {f.name for f in dataclasses.fields(regnet.RegNetDesign)}
+  missing = sorted(f for f in ("depth", "w0", "wa", "wm", "group_width") if f not in kwargs)
+  if missing:
+    return [f"config.model.{f} is missing: a 'regnet' needs depth, w0, wa, wm and group_width "
+            "(or use a named preset such as 'regnetx_002')." for f in missing]
+  design = regnet.RegNetDesign(**{k: v for k, v in kwargs.items() if k in fields})
+  return ["config.model." + problem for problem in design.problems()]
 
 
 for _name in resnet.MODEL_NAMES:
   register_model(_name, _resnet_spec(_name))
 for _name in regnet.MODEL_NAMES:
   register_model(_name, _resnet_spec(_name, regnet.create_model))
+# Any point of the RegNet design space: config.model.{depth, w0, wa, wm, group_width, ...}.
+register_model("regnet", _resnet_spec("regnet", lambda name, **kwargs: RegNet(**kwargs),
+                                      check_config=_regnet_design_problems))
 
 # ------------------------------------------------------------------------------------------
 # Trees, forests and the MLP.

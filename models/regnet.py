@@ -7,7 +7,7 @@ quantized linear function (§3.3 of the paper):
 * s_j = round(log(u_j / w_0) / log(w_m)) (Eq. 3), and the block width is w_0 · w_m^{s_j}
   rounded to a multiple of 8 (Eq. 4);
 * consecutive blocks of equal width form a stage; the first block of every stage halves the
-  resolution;
+  resolution (except stage 1's with `small_stem`);
 * every block is the X block of the paper's AnyNet space: 1x1 conv to the bottleneck width
   w / b, a 3x3 group conv of group width g, a 1x1 conv back to w; the group width and the
   bottleneck width are made compatible (g = min(g, w / b), then w / b rounded to a multiple of
@@ -175,6 +175,14 @@ def stage_specs(design: RegNetDesign, width_multiplier: float = 1.0) -> List[Sta
   return stages
 
 
+def _block_strides(stage_index: int, block_index: int, small_stem: bool) -> int:
+  # The first block of every stage downsamples, except stage 1's under the small stem: like
+  # the ResNets' small stem (no stem stride, no max pool), 8-32 px inputs are downsampled
+  # by 8 instead of 32.
+  first_stage_kept = small_stem and stage_index == 0
+  return 2 if block_index == 0 and not first_stage_kept else 1
+
+
 def _conv_output_size(size: int, strides: int) -> int:
   # A k x k conv with padding k // 2 (odd k) or a 1x1 conv without padding: ceil(size / s).
   return -(-size // strides)
@@ -195,7 +203,8 @@ def flops(design: RegNetDesign, image_size: int = 224, num_classes: int = 1000,
     num_classes: Classifier width.
     in_channels: Input channels.
     stem_width: Stem conv width (before `width_multiplier`).
-    small_stem: Whether the stem conv has stride 1 (as `RegNet.small_stem`).
+    small_stem: Whether the stem conv and stage 1 keep the resolution (as
+      `RegNet.small_stem`).
     width_multiplier: As `RegNet.width_multiplier`.
 
   Returns:
@@ -205,9 +214,9 @@ def flops(design: RegNetDesign, image_size: int = 224, num_classes: int = 1000,
   size = image_size if small_stem else _conv_output_size(image_size, 2)
   total = 9 * in_channels * stem * size * size
   in_width = stem
-  for spec in stage_specs(design, width_multiplier):
+  for stage_index, spec in enumerate(stage_specs(design, width_multiplier)):
     for block_index in range(spec.depth):
-      strides = 2 if block_index == 0 else 1
+      strides = _block_strides(stage_index, block_index, small_stem)
       out_size = _conv_output_size(size, strides)
       bottleneck = spec.bottleneck_width
       total += in_width * bottleneck * size * size  # conv1, at the input resolution.
@@ -332,7 +341,9 @@ class RegNet(nn.Module):
     se_ratio: 0 (RegNetX) or 0.25 (RegNetY): SE width over the block's input width.
     stem_width: Stem conv width (32 in the paper).
     width_multiplier: Scales the stem, stage and group widths (see `stage_specs`).
-    small_stem: For 8-32 px inputs: the stem conv has stride 1.
+    small_stem: For 8-32 px inputs: the stem conv has stride 1 and the first stage does not
+      downsample, so that the network downsamples by 8 instead of 32 (as the ResNets'
+      small stem, which drops the stem stride and the max pool).
     zero_init_last: Whether the last norm of each block's residual branch starts with scale
       zero ("zero γ").
     norm: 'batch' or 'group' (as `resnet.ResNet.norm`).
@@ -444,7 +455,7 @@ class RegNet(nn.Module):
         in_width = x.shape[-1]
         x = RegNetBlock(
             features=spec.width,
-            strides=2 if block_index == 0 else 1,
+            strides=_block_strides(stage_index, block_index, self.small_stem),
             bottleneck_width=spec.bottleneck_width,
             group_width=spec.group_width,
             se_features=int(round(in_width * self.se_ratio)) if self.se_ratio else 0,

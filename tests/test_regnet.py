@@ -88,7 +88,8 @@ def test_preset_parameter_count_and_flops_equal_timm(name):
 
 
 def test_presets_are_registered_with_the_resnet_options():
-  assert [n for n in models.MODEL_NAMES if n.startswith('regnet')] == list(regnet.MODEL_NAMES)
+  assert [n for n in models.MODEL_NAMES if n.startswith('regnet')] == list(
+      regnet.MODEL_NAMES) + ['regnet']
   model = models.create_model('regnety_002', num_classes=10, norm='group', small_stem=True,
                               width_multiplier=0.25, drop_block_rate=0.1,
                               dtype=jnp.bfloat16, zero_init_last=False)
@@ -141,6 +142,10 @@ def test_tiny_regnet_runs_and_trains_batch_stats():
   logits, state = _run(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']),
                        variables, x)
   assert logits.shape == (4, 5) and np.all(np.isfinite(logits))
+  # Small stem: stage 1 keeps the resolution, and its width equals the stem's (8), so its
+  # first block needs no projection; stage 2 downsamples and widens.
+  assert 'shortcut' not in variables['params']['stage1_block1']
+  assert variables['params']['stage2_block1']['shortcut']['conv']['kernel'].shape == (1, 1, 8, 16)
   # BatchNorm's running mean moved towards the batch mean (momentum 0.9).
   assert not np.allclose(state['batch_stats']['stem_norm']['mean'], 0.0)
 
@@ -176,3 +181,7 @@ def test_flops_count_a_tiny_network_by_hand():
   head = 8 * 10 + 10
   assert regnet.flops(design, image_size=4, num_classes=10, stem_width=8) == (
       stem + conv1 + conv2 + conv3 + shortcut + head)
+  # The small stem keeps the 4x4 resolution through the stem and stage 1.
+  small = 9 * 3 * 8 * 4 * 4 + 8 * 8 * 4 * 4 + 9 * 8 * 8 * 4 * 4 + 8 * 8 * 4 * 4 + head
+  assert regnet.flops(design, image_size=4, num_classes=10, stem_width=8,
+                      small_stem=True) == small  # No projection: same width, stride 1.

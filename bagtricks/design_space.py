@@ -134,7 +134,7 @@ def plot_edf(rows: List[Dict], path: str) -> None:
 
   fig, (ax_edf, ax_flops) = plt.subplots(1, 2, figsize=(11, 4.2))
   errors_all = [r["error"] for r in rows]
-  points = np.linspace(0.0, max(errors_all) * 1.1 + 0.5, 500)
+  points = np.linspace(max(0.0, min(errors_all) - 1.0), max(errors_all) + 1.0, 500)
   for space in dict.fromkeys(r["space"] for r in rows):
     errors = [r["error"] for r in rows if r["space"] == space]
     ax_edf.plot(points, edf(errors, points),

@@ -157,7 +157,7 @@ _LEAF_NAMES = {('params', 'kernel'): 'weight', ('params', 'bias'): 'bias',
 
 def _to_flax_layout(tensor: np.ndarray, target_shape: Tuple[int, ...]) -> np.ndarray:
   """A torch tensor in the layout of the Flax variable of `target_shape`."""
-  if tensor.ndim == 4 and len(target_shape) == 4:  # Conv [out, in/g, kh, kw] → [kh, kw, in/g, out].
+  if tensor.ndim == 4 and len(target_shape) == 4:  # Conv [out, in/g, kh, kw] → [kh, kw, in/g, out]
     return np.transpose(tensor, (2, 3, 1, 0))
   if tensor.ndim == 4 and len(target_shape) == 2 and tensor.shape[2:] == (1, 1):
     return tensor[:, :, 0, 0].T  # A 1x1 conv on pooled features (SE) as a Dense kernel.

@@ -118,7 +118,8 @@ def markdown_table(rows: List[Dict]) -> str:
     lines.append(f"| {row['space']} | {d['depth']} | {d['w0']} | {d['wa']:.2f} | "
                  f"{d['wm']:.3f} | {d['group_width']} | {d['bottleneck_ratio']:g} | {stages} | "
                  f"{row['flops'] / 1e3:.0f} | {row['error']:.2f} |")
-  lines += ["", "| space | models | min error | median error | max error |", "|---|---|---|---|---|"]
+  lines += ["", "| space | models | min error | median error | max error |",
+            "|---|---|---|---|---|"]
   for space in dict.fromkeys(r["space"] for r in rows):
     errors = [r["error"] for r in rows if r["space"] == space]
     lines.append(f"| {space} | {len(errors)} | {min(errors):.2f} | {np.median(errors):.2f} | "

@@ -34,7 +34,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from models import resnet
+# Not `from models import resnet`: models/__init__ imports this module. The RegNet is built
+# from the ResNet's private conv and norm helpers on purpose, so both share one implementation.
+# pylint: disable=protected-access
+import models.resnet as resnet
 from models.layers import DropBlock
 
 # Stem width of every RegNet in the paper (§3.1, Figure 3).
@@ -300,7 +303,7 @@ class RegNetBlock(nn.Module):
     Returns:
       [batch, ceil(height / strides), ceil(width / strides), features].
     """
-    drop = functools.partial(resnet._maybe_drop_block, self.drop_block, drop_rate)  # pylint: disable=protected-access
+    drop = functools.partial(resnet._maybe_drop_block, self.drop_block, drop_rate)
     width = self.bottleneck_width
     residual = self.conv(width, 1, name='conv1')(x)
     residual = drop(nn.relu(self.norm(width, name='norm1')(residual)), 'drop1')
@@ -382,8 +385,8 @@ class RegNet(nn.Module):
 
   def __post_init__(self):
     # Validate on construction so that a bad value fails before any tracing.
-    resnet._check_choice('norm', self.norm, resnet.NORMS)  # pylint: disable=protected-access
-    resnet._check_choice('kernel_init', self.kernel_init, resnet.KERNEL_INITS)  # pylint: disable=protected-access
+    resnet._check_choice('norm', self.norm, resnet.NORMS)
+    resnet._check_choice('kernel_init', self.kernel_init, resnet.KERNEL_INITS)
     if self.num_classes < 1:
       raise ValueError(f'num_classes must be positive, got {self.num_classes}.')
     if not self.width_multiplier > 0:
@@ -430,10 +433,10 @@ class RegNet(nn.Module):
       Logits [batch, num_classes], always float32.
     """
     conv_init, dense_init = self._initializers()
-    conv = functools.partial(resnet._conv, kernel_init=conv_init, dtype=self.dtype,  # pylint: disable=protected-access
+    conv = functools.partial(resnet._conv, kernel_init=conv_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     norm = functools.partial(
-        resnet._norm, kind=self.norm, train=train, momentum=self.bn_momentum,  # pylint: disable=protected-access
+        resnet._norm, kind=self.norm, train=train, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, axis_name=self.axis_name, dtype=self.dtype,
         param_dtype=self.param_dtype)
 

@@ -76,7 +76,12 @@ def _import_timm():
 
 
 def _random_timm_model(torch, timm, name, num_classes):
-  """A timm model in eval mode with random weights and random BatchNorm statistics."""
+  """A timm model in eval mode with random weights and random BatchNorm statistics.
+
+  Every norm gets random running statistics, γ and β; the last norm of each residual branch
+  (the one timm starts at γ = 0) gets a small γ, so that activations stay of order one
+  through deep networks and an absolute tolerance on the logits means the same at any depth.
+  """
   torch.manual_seed(0)
   model = timm.create_model(name, pretrained=False, num_classes=num_classes)
   with torch.no_grad():
@@ -84,11 +89,17 @@ def _random_timm_model(torch, timm, name, num_classes):
       if isinstance(module, torch.nn.BatchNorm2d):
         module.running_mean.normal_(0.0, 0.2)
         module.running_var.uniform_(0.5, 2.0)
-        module.weight.uniform_(0.5, 1.5)  # Undo the zero-γ init of the last norms.
+        module.weight.uniform_(0.5, 1.5)
         module.bias.normal_(0.0, 0.2)
       elif isinstance(module, torch.nn.Linear):
         module.weight.normal_(0.0, 0.1)
         module.bias.normal_(0.0, 0.1)
+    for module in model.modules():
+      if hasattr(module, 'zero_init_last'):
+        module.zero_init_last()
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d) and not module.weight.any():
+        module.weight.uniform_(0.1, 0.3)
   return model.eval()
 
 

@@ -42,6 +42,11 @@ def test_generic_regnet_config_is_checked_field_by_field():
     validate.validate_config(config, num_local_devices=1)
   assert "config.model.wm=1.0 must be > 1" in str(error.value)
   assert "config.model.w0=12 must be a positive multiple of 8" in str(error.value)
+  # The presets take the default digits config's ResNet options as they are.
+  from configs import default  # pylint: disable=import-outside-toplevel
+  preset = default.get_config()
+  preset.model.name = "regnety_002"
+  validate.validate_config(preset, num_local_devices=1)
 
 
 @pytest.mark.slow

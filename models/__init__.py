@@ -1,4 +1,4 @@
-"""Flax models and their registry: ResNets, differentiable trees and forests, an MLP,
+"""Flax models and their registry: ResNets, RegNets, differentiable trees and forests, an MLP,
 Transformers.
 
 ``create_model_from_config(config, dataset_info)`` builds ``config.model``; ``get_spec(name)``
@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from models import explain
+from models import regnet
 from models import resnet
 from models import transformer
 from models.forest import decision_unit_subsets
@@ -32,6 +33,7 @@ from models.registry import ModelSpec
 from models.registry import positive
 from models.registry import register_model
 from models.registry import spec_of_module
+from models.regnet import RegNet
 from models.resnet import ResNet
 from models.resnet import ResNet101
 from models.resnet import ResNet101B
@@ -60,16 +62,16 @@ from models.trees import DNDT
 from models.trees import SoftDecisionTree
 
 # ------------------------------------------------------------------------------------------
-# ResNets.
+# ResNets and RegNets: the same options (norm, zero-γ, DropBlock, dtype) and the same spec.
 
 
-def _resnet_spec(name: str) -> ModelSpec:
+def _resnet_spec(name: str, create=resnet.create_model, check_config=None) -> ModelSpec:
 
   def build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
     kwargs = {"dtype": dtype, "axis_name": axis_name, **kwargs}
     if num_outputs is not None:  # Else the constructor's default (1000 ImageNet classes).
       kwargs["num_classes"] = num_outputs
-    return resnet.create_model(name, **kwargs)
+    return create(name, **kwargs)
 
   def step_kwargs(kwargs, total_steps):
     rate = kwargs.get("drop_block_rate", 0.0)
@@ -78,11 +80,27 @@ def _resnet_spec(name: str) -> ModelSpec:
     # DropBlock paper: keep_prob decreases linearly from 1 to its target over training.
     return {"drop_block_rate": optax.linear_schedule(0.0, rate, total_steps)}
 
-  return ModelSpec(build=build, step_kwargs=step_kwargs)
+  spec = ModelSpec(build=build, step_kwargs=step_kwargs)
+  return spec if check_config is None else dataclasses.replace(spec, check_config=check_config)
+
+
+def _regnet_design_problems(kwargs) -> List[str]:
+  fields = {f.name for f in dataclasses.fields(regnet.RegNetDesign)}
+  missing = sorted(f for f in ("depth", "w0", "wa", "wm", "group_width") if f not in kwargs)
+  if missing:
+    return [f"config.model.{f} is missing: a 'regnet' needs depth, w0, wa, wm and group_width "
+            "(or use a named preset such as 'regnetx_002')." for f in missing]
+  design = regnet.RegNetDesign(**{k: v for k, v in kwargs.items() if k in fields})
+  return ["config.model." + problem for problem in design.problems()]
 
 
 for _name in resnet.MODEL_NAMES:
   register_model(_name, _resnet_spec(_name))
+for _name in regnet.MODEL_NAMES:
+  register_model(_name, _resnet_spec(_name, regnet.create_model))
+# Any point of the RegNet design space: config.model.{depth, w0, wa, wm, group_width, ...}.
+register_model("regnet", _resnet_spec("regnet", lambda name, **kwargs: RegNet(**kwargs),
+                                      check_config=_regnet_design_problems))
 
 # ------------------------------------------------------------------------------------------
 # Trees, forests and the MLP.
@@ -232,7 +250,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, dtype: Any = j
   """Builds a registered model by name from plain keyword arguments.
 
   Args:
-    name: a registered name (case-insensitive): a ResNet such as ``'resnet50d'``, ``'dndt'``,
+    name: a registered name (case-insensitive): a ResNet such as ``'resnet50d'``, a RegNet
+      such as ``'regnetx_002'`` or ``'regnety_080'`` (timm's names), ``'dndt'``,
       ``'sdt'`` (soft decision tree), ``'ndf'`` (neural decision forest), ``'mlp'``,
       ``'transformer'`` (encoder-decoder, the paper's base model by default),
       ``'transformer_base'``, ``'transformer_tiny'``, ``'patch_transformer'`` (a small ViT
@@ -271,6 +290,8 @@ __all__ = [
     'ModelSpec',
     'NeuralDecisionForest',
     'PatchTransformerClassifier',
+    'RegNet',
+    'regnet',
     'register_model',
     'SoftDecisionTree',
     'transformer',

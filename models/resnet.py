@@ -87,6 +87,7 @@ def _conv(features: int,
           kernel_size: int,
           *,
           strides: int = 1,
+          groups: int = 1,
           name: str,
           kernel_init: Callable[..., Any],
           dtype: Any,
@@ -97,8 +98,11 @@ def _conv(features: int,
     features: Number of output channels.
     kernel_size: Height and width of the kernel (odd).
     strides: Stride in both spatial dimensions.
+    groups: Number of channel groups (grouped convolution, as in ResNeXt and
+      RegNet); 1 for a dense conv.
     name: Name of the submodule.
-    kernel_init: Initializer of the kernel [k, k, in_channels, features].
+    kernel_init: Initializer of the kernel
+      [k, k, in_channels / groups, features].
     dtype: Compute dtype.
     param_dtype: Dtype of the kernel.
 
@@ -115,6 +119,7 @@ def _conv(features: int,
       kernel_size=(kernel_size, kernel_size),
       strides=(strides, strides),
       padding=((padding, padding), (padding, padding)),
+      feature_group_count=groups,
       use_bias=False,
       kernel_init=kernel_init,
       dtype=dtype,

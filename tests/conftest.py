@@ -35,3 +35,21 @@ def tiny_config(data_dir: str):
   config.eval_every_epochs = 0.0
   config.checkpoint_every_steps = 5
   return config
+
+
+def run_data_parallel(state, step_fn, batch, num_devices: int, backend: str = "pmap",
+                      num_steps: int = 2):
+  """``num_steps`` train steps of ``batch`` split over the first ``num_devices`` devices.
+
+  Returns:
+    ``(host state, host metrics of the last step)``.
+  """
+  import jax
+  from bagtricks.parallel import DataParallel
+  dp = DataParallel(backend, jax.local_devices()[:num_devices])
+  compiled = dp.compile(step_fn)
+  p_state = dp.replicate(state)
+  layout = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
+  for _ in range(num_steps):
+    p_state, metrics = compiled(p_state, dp.shard_batch(layout))
+  return dp.unreplicate(p_state), dp.metrics_to_host(metrics)

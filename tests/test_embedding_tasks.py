@@ -10,11 +10,11 @@ from sklearn.metrics import average_precision_score
 import models
 from bagtricks import compare_embeddings, compare_multilabel, data, losses, optim, precision
 from bagtricks import steps, validate
-from bagtricks.parallel import DataParallel
 from bagtricks.state import init_train_state
 from bagtricks.tasks import CenterLossTask, CircleLossTask
 from bagtricks.tasks.embedding import embedding_spread, recall_at_k
 from bagtricks.tasks.multilabel import average_precision, mean_average_precision
+from conftest import run_data_parallel
 from configs import center_loss_digits, circle_loss_digits, default, multilabel_mosaic
 
 GLOBAL_BATCH = 16
@@ -35,16 +35,6 @@ def _setup(task, **model_kwargs):
   return state, steps.make_train_step(model, task, tx, precision.get_policy("fp32")), batch
 
 
-def _run(state, step_fn, batch, num_devices, num_steps=2, backend="pmap"):
-  dp = DataParallel(backend, jax.local_devices()[:num_devices])
-  compiled = dp.compile(step_fn)
-  p_state = dp.replicate(state)
-  layout = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
-  for _ in range(num_steps):
-    p_state, metrics = compiled(p_state, dp.shard_batch(layout))
-  return dp.unreplicate(p_state), dp.metrics_to_host(metrics)
-
-
 def _assert_trees_close(a, b, tolerance=1e-5):
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
@@ -54,8 +44,8 @@ def _assert_trees_close(a, b, tolerance=1e-5):
 def test_centers_on_eight_devices_equal_one():
   task = CenterLossTask(10, feature_dim=2, center_weight=0.01, push_weight=0.1)
   state, step_fn, batch = _setup(task, feature_dim=2)
-  one, m1 = _run(state, step_fn, batch, 1)
-  eight, m8 = _run(state, step_fn, batch, 8)
+  one, m1 = run_data_parallel(state, step_fn, batch, 1)
+  eight, m8 = run_data_parallel(state, step_fn, batch, 8)
   centers = np.asarray(one.task_state["centers"])
   # The update summed every device's examples: the same centers as one device.
   np.testing.assert_allclose(np.asarray(eight.task_state["centers"]), centers, atol=1e-5)
@@ -68,8 +58,8 @@ def test_centers_on_eight_devices_equal_one():
 def test_pairwise_circle_loss_on_eight_devices_equals_one():
   task = CircleLossTask(10, form="pair", gamma=80.0)
   state, step_fn, batch = _setup(task, feature_dim=8)
-  one, m1 = _run(state, step_fn, batch, 1)
-  eight, m8 = _run(state, step_fn, batch, 8)
+  one, m1 = run_data_parallel(state, step_fn, batch, 1)
+  eight, m8 = run_data_parallel(state, step_fn, batch, 8)
   # Each device holds 2 examples; only the gathered global batch gives them positives.
   assert m1["loss"] == pytest.approx(m8["loss"], rel=1e-4)
   # γ·α scales the gradients up, and float32 sums in another order differ by a few 1e-5.

@@ -9,6 +9,7 @@ from bagtricks import optim, precision, steps
 from bagtricks.parallel import DataParallel
 from bagtricks.state import init_train_state
 from bagtricks.tasks import ClassificationTask
+from conftest import run_data_parallel
 from configs import default
 
 GLOBAL_BATCH = 16
@@ -31,21 +32,11 @@ def setup():
   return state, steps.make_train_step(model, task, tx, policy), batch
 
 
-def _run(state, step_fn, batch, backend, num_devices, num_steps=2):
-  dp = DataParallel(backend, jax.local_devices()[:num_devices])
-  compiled = dp.compile(step_fn)
-  p_state = dp.replicate(state)
-  layout = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
-  for _ in range(num_steps):
-    p_state, metrics = compiled(p_state, dp.shard_batch(layout))
-  return dp.unreplicate(p_state), dp.metrics_to_host(metrics)
-
-
 @pytest.mark.parametrize("backend", ["pmap", "shard_map"])
 def test_eight_devices_equal_one(setup, backend):
   state, step_fn, batch = setup
-  one, m1 = _run(state, step_fn, batch, backend, 1)
-  eight, m8 = _run(state, step_fn, batch, backend, 8)
+  one, m1 = run_data_parallel(state, step_fn, batch, 1, backend)
+  eight, m8 = run_data_parallel(state, step_fn, batch, 8, backend)
   # Gradients were averaged and BatchNorm statistics reduced across the 8 devices, so the
   # result equals the single-device step on the same 16 examples.
   for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(eight)):
@@ -60,8 +51,8 @@ def test_eight_devices_equal_one(setup, backend):
 
 def test_backends_agree(setup):
   state, step_fn, batch = setup
-  pmap_state, _ = _run(state, step_fn, batch, "pmap", 8)
-  shard_state, _ = _run(state, step_fn, batch, "shard_map", 8)
+  pmap_state, _ = run_data_parallel(state, step_fn, batch, 8, "pmap")
+  shard_state, _ = run_data_parallel(state, step_fn, batch, 8, "shard_map")
   for a, b in zip(jax.tree_util.tree_leaves(pmap_state), jax.tree_util.tree_leaves(shard_state)):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), atol=1e-5)
 

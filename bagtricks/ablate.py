@@ -316,16 +316,7 @@ def main(argv):
   rows = cli.run_reporting_errors(run_ablation, config, _STEPS.value, workdir, seeds,
                                   _TEACHER_MODEL.value, _TEACHER_WIDTH.value,
                                   usage_errors=(AblationError,))
-  table = markdown_table(rows)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "ablation.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(workdir, "ablation.json"), "w") as f:
-    json.dump(rows, f, indent=2)
-  plot_curves(rows, os.path.join(workdir, "ablation.png"))
-  print(table)
-  print(f"Wrote {workdir}/ablation.md, ablation.png and ablation.json in "
-        f"{time.time() - start:.0f} s.", flush=True)
+  cli.write_study_outputs(workdir, "ablation", markdown_table(rows), rows, start, plot_curves)
 
 
 if __name__ == "__main__":

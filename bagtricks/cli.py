@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import difflib
+import json
 import importlib.util
 import logging as pylogging
 import os
 import sys
 import tempfile
+import time
 import warnings
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -222,3 +224,26 @@ def run_reporting_errors(fn: Callable[..., Any], *args, usage_errors: tuple = ()
   except train.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(PREEMPTED)
+
+
+def write_study_outputs(workdir: str, name: str, table: str, results: Any, started: float,
+                        plot: Optional[Callable[[Any, str], None]] = None,
+                        picture: Optional[str] = None) -> None:
+  """Writes a study command's results into ``workdir`` and says so.
+
+  ``<name>.md`` holds the markdown ``table``, ``<name>.json`` the ``results`` and, with
+  ``plot``, ``plot(results, path)`` draws ``picture`` (default ``<name>.png``). The table is
+  printed, then the files written and the seconds since ``started``.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  written = [f"{name}.md", f"{name}.json"]
+  with open(os.path.join(workdir, written[0]), "w") as f:
+    f.write(table)
+  with open(os.path.join(workdir, written[1]), "w") as f:
+    json.dump(results, f, indent=2)
+  if plot is not None:
+    written.append(picture or f"{name}.png")
+    plot(results, os.path.join(workdir, written[-1]))
+  print(table)
+  print(f"Wrote {', '.join(os.path.join(workdir, w) for w in written)} in "
+        f"{time.time() - started:.0f} s.", flush=True)

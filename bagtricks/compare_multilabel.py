@@ -13,7 +13,6 @@ to ``<workdir>/multilabel.md`` and ``multilabel.json``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Callable, Dict, List, Sequence
@@ -82,15 +81,7 @@ def main(argv):
   seeds = [int(s) for s in flags.FLAGS.seeds]
   start = time.time()
   rows = cli.run_reporting_errors(multilabel_rows, workdir, hidden, seeds)
-  table = markdown_table(rows, seeds)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "multilabel.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(workdir, "multilabel.json"), "w") as f:
-    json.dump(rows, f, indent=2)
-  print(table)
-  print(f"Wrote {workdir}/multilabel.md and multilabel.json in {time.time() - start:.0f} s.",
-        flush=True)
+  cli.write_study_outputs(workdir, "multilabel", markdown_table(rows, seeds), rows, start)
 
 
 def define_flags() -> None:

@@ -18,7 +18,6 @@ to ``<workdir>/trees.md`` and ``trees.json``:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Callable, Dict, List, Sequence
@@ -169,13 +168,8 @@ def main(argv):
   dndt = cli.run_reporting_errors(dndt_rows, workdir, seeds)
   sdt = cli.run_reporting_errors(sdt_rows, workdir, seeds)
   ndf = cli.run_reporting_errors(ndf_rows, workdir, image_seeds)
-  tables = markdown_tables(dndt, sdt, ndf, seeds, image_seeds)
-  with open(os.path.join(workdir, "trees.md"), "w") as f:
-    f.write(tables)
-  with open(os.path.join(workdir, "trees.json"), "w") as f:
-    json.dump({"dndt": dndt, "sdt": sdt, "ndf": ndf}, f, indent=2)
-  print(tables)
-  print(f"Wrote {workdir}/trees.md and trees.json in {time.time() - start:.0f} s.", flush=True)
+  cli.write_study_outputs(workdir, "trees", markdown_tables(dndt, sdt, ndf, seeds, image_seeds),
+                          {"dndt": dndt, "sdt": sdt, "ndf": ndf}, start)
 
 
 def define_flags() -> None:

@@ -18,7 +18,6 @@ already finished with the same config is reused, an interrupted one resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -154,37 +153,31 @@ def plot_edf(rows: List[Dict], path: str) -> None:
   plt.close(fig)
 
 
-if __name__ == "__main__":
-  cli.exit_on_bad_config_flag(sys.argv, "config", configs.config_path("regnet_space_digits"))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.config_path("regnet_space_digits"),
-    "Config with model.name='regnet' and design_space fields; overridable as --config.x=y.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "Output directory; default runs/design_space_<config>.")
+def define_flags() -> None:
+  # Defined only when run as a command, so importing this module next to another command's
+  # module (both have --config and --workdir) does not clash.
+  config_flags.DEFINE_config_file(
+      "config", configs.config_path("regnet_space_digits"),
+      "Config with model.name='regnet' and design_space fields; overridable as --config.x=y.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output directory; default runs/design_space_<config>.")
 
 
 def main(argv):
   cli.exit_on_positional_arguments(argv)
   cli.configure_logging()
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   config_file = config_flags.get_config_filename(flags.FLAGS["config"])
   name = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
-  workdir = _WORKDIR.value or os.path.join("runs", f"design_space_{name}")
+  workdir = flags.FLAGS.workdir or os.path.join("runs", f"design_space_{name}")
   start = time.time()
   rows = cli.run_reporting_errors(run_design_space, config, workdir,
                                   usage_errors=(DesignSpaceError,))
-  table = markdown_table(rows)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "design_space.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(workdir, "design_space.json"), "w") as f:
-    json.dump(rows, f, indent=2)
-  plot_edf(rows, os.path.join(workdir, "edf.png"))
-  print(table)
-  print(f"Wrote {workdir}/design_space.md, edf.png and design_space.json in "
-        f"{time.time() - start:.0f} s.", flush=True)
+  cli.write_study_outputs(workdir, "design_space", markdown_table(rows), rows, start, plot_edf,
+                          picture="edf.png")
 
 
 if __name__ == "__main__":
+  cli.exit_on_bad_config_flag(sys.argv, "config", configs.config_path("regnet_space_digits"))
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

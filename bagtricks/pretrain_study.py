@@ -230,15 +230,7 @@ def main(argv):
   result = cli.run_reporting_errors(run_study, config, workdir, seeds, fractions, multipliers,
                                     args.base_steps, args.source_steps,
                                     usage_errors=(StudyError,))
-  table = markdown_table(result)
-  with open(os.path.join(workdir, "pretrain_study.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(workdir, "pretrain_study.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  plot(result, os.path.join(workdir, "pretrain_study.png"))
-  print(table)
-  print(f"Wrote {workdir}/pretrain_study.md, pretrain_study.png and pretrain_study.json in "
-        f"{time.time() - start:.0f} s.", flush=True)
+  cli.write_study_outputs(workdir, "pretrain_study", markdown_table(result), result, start, plot)
 
 
 if __name__ == "__main__":

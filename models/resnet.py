@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models import conv as conv_lib
 from models.layers import DropBlock
 
 VARIANTS = ('v1', 'B', 'C', 'D')
@@ -90,7 +91,8 @@ def _conv(features: int,
           name: str,
           kernel_init: Callable[..., Any],
           dtype: Any,
-          param_dtype: Any) -> nn.Conv:
+          param_dtype: Any,
+          algorithm: str = 'auto') -> nn.Conv:
   """Builds a bias-free square conv with PyTorch-style symmetric padding.
 
   Args:
@@ -101,16 +103,19 @@ def _conv(features: int,
     kernel_init: Initializer of the kernel [k, k, in_channels, features].
     dtype: Compute dtype.
     param_dtype: Dtype of the kernel.
+    algorithm: How the convolution is computed, one of `conv.CONV_ALGORITHMS`
+      ('auto': XLA's convolution on GPU/TPU, the CPU-friendly 'blocked' one on
+      CPU); the parameters do not depend on it.
 
   Returns:
-    The unbound `nn.Conv` module.
+    The unbound `conv.Conv` module (an `nn.Conv`).
   """
   # Pad kernel_size // 2 on both sides, as torchvision/timm do. 'SAME' would
   # pad a stride-2 conv on an even-sized input only at the bottom/right, which
   # gives the same output shape but shifts the sampling grid by one pixel, so
   # weights ported from those libraries would see different pixels.
   padding = kernel_size // 2
-  return nn.Conv(
+  return conv_lib.Conv(
       features,
       kernel_size=(kernel_size, kernel_size),
       strides=(strides, strides),
@@ -119,6 +124,7 @@ def _conv(features: int,
       kernel_init=kernel_init,
       dtype=dtype,
       param_dtype=param_dtype,
+      algorithm=algorithm,
       name=name)
 
 
@@ -384,6 +390,10 @@ class ResNet(nn.Module):
     dtype: Compute dtype of the convolutional trunk (e.g. bfloat16 for mixed
       precision). Pooling and classifier always run in float32.
     param_dtype: Dtype of the parameters.
+    conv_algorithm: How convolutions are computed (`conv.CONV_ALGORITHMS`):
+      'auto' (XLA's native convolution on GPU/TPU, 'blocked' on CPU), 'native'
+      or 'blocked' (1x1 convs as matrix products, weight gradients per block
+      of images; see models/conv.py). Same parameters and results either way.
   """
   stage_sizes: Sequence[int]
   block: str
@@ -402,6 +412,7 @@ class ResNet(nn.Module):
   drop_block_stages: Sequence[int] = (3, 4)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_algorithm: str = 'auto'
 
   def __post_init__(self):
     # Validate on construction so that a typo fails before any tracing.
@@ -409,6 +420,8 @@ class ResNet(nn.Module):
     _check_choice('block', self.block, BLOCKS)
     _check_choice('norm', self.norm, NORMS)
     _check_choice('kernel_init', self.kernel_init, KERNEL_INITS)
+    _check_choice('conv_algorithm', self.conv_algorithm,
+                  conv_lib.CONV_ALGORITHMS)
     if not self.stage_sizes or any(n < 1 for n in self.stage_sizes):
       raise ValueError('stage_sizes must be a non-empty sequence of positive '
                        f'block counts, got {self.stage_sizes!r}.')
@@ -464,7 +477,7 @@ class ResNet(nn.Module):
     conv_init, dense_init = self._initializers()
     conv = functools.partial(
         _conv, kernel_init=conv_init, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+        param_dtype=self.param_dtype, algorithm=self.conv_algorithm)
     norm = functools.partial(
         _norm, kind=self.norm, train=train, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, axis_name=self.axis_name, dtype=self.dtype,

@@ -19,8 +19,9 @@ the ratio is taken from their total times.
 The script first measures the machine's float32 matrix-multiply peak (the best of a few
 2048×2048 products in XLA) and reports each side's achieved GFLOP/s (train FLOPs = 3 × the
 forward pass's multiply-adds × 2, convolutions and classifier, counted from the layer shapes)
-and its fraction of that peak. Peak memory is the growth of the process's peak resident set
-while each side's first steps run (bagtricks first, then PyTorch; a lower bound for the second).
+and its fraction of that peak. Peak memory is the growth of the process's resident set (sampled
+every 5 ms) while each side's warm-up steps run: the memory its train step needs beyond the
+weights, optimizer state and batch already resident.
 
 PyTorch (CPU build) is optional: without it only the bagtricks columns are printed.
 """
@@ -30,6 +31,7 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,9 +53,43 @@ DEFAULT_MODELS = ("resnet50d:224:8", "resnet18d:32:128")
 LEARNING_RATE = 0.1
 
 
-def peak_rss_bytes() -> int:
-  """The process's peak resident set size so far (Linux reports kilobytes)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+class PeakRss:
+  """Samples the process's resident set size in a thread; ``peak`` is the largest seen.
+
+  Used as a context manager around one side's first steps: ``growth`` is then its peak RSS
+  minus the RSS when it started, the memory that side's train step needs beyond what is
+  already resident.
+  """
+
+  def __init__(self, interval: float = 0.005):
+    self.interval = interval
+    self.start = self.peak = 0
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+
+  @staticmethod
+  def current() -> int:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * resource.getpagesize()
+
+  def _sample(self):
+    while not self._done.is_set():
+      self.peak = max(self.peak, self.current())
+      time.sleep(self.interval)
+
+  def __enter__(self):
+    self.start = self.peak = self.current()
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._done.set()
+    self._thread.join()
+    self.peak = max(self.peak, self.current())
+
+  @property
+  def growth(self) -> int:
+    return self.peak - self.start
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -235,7 +271,7 @@ class TorchStep:
       loss = self.torch.nn.functional.cross_entropy(self.net(self.images), self.labels)
       loss.backward()
       self.optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def compare(case: str, args, peak_gflops: float, torch) -> dict:
@@ -254,22 +290,22 @@ def compare(case: str, args, peak_gflops: float, torch) -> dict:
            "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}
   flops = train_flops_per_image(model, size) * batch_size
 
-  rss_before = peak_rss_bytes()
   start = time.perf_counter()
   ours = BagtricksStep(model, batch)
   compile_seconds = time.perf_counter() - start
-  ours.run(args.warmup)
-  ours_memory = peak_rss_bytes() - rss_before
+  with PeakRss() as rss:
+    ours.run(args.warmup)
+  ours_memory = rss.growth
   theirs, theirs_memory = None, None
   if torch is not None:
     variables = {"params": ours.initial_state.params,
                  "batch_stats": ours.initial_state.batch_stats}
     net = build_torch_resnet(torch, variables, model.block, model.stage_sizes, small,
                              model.bn_momentum, model.bn_epsilon)
-    rss_before = peak_rss_bytes()
     theirs = TorchStep(torch, net, batch)
-    theirs.run(args.warmup)
-    theirs_memory = peak_rss_bytes() - rss_before
+    with PeakRss() as rss:
+      theirs.run(args.warmup)
+    theirs_memory = rss.growth
 
   times = {"bagtricks": 0.0, "torch": 0.0}
   for _ in range(args.rounds):

@@ -38,9 +38,11 @@ from jax import lax
 CONV_ALGORITHMS = ('auto', 'native', 'blocked')
 
 # Bytes of one block's input plus output gradient that keep XLA:CPU's weight-gradient kernel
-# in cache; kernels larger than this are not blocked (the per-block gradients would then cost
-# more to add up than the blocking saves: measured 2× slower for a 3×3, 256→256 kernel).
+# in cache.
 _BLOCK_BYTES = 1 << 20
+# Kernels larger than this are not blocked: the per-block gradients would then cost more to
+# add up than the blocking saves (measured 2× slower for a 3×3, 256→256 kernel).
+_MAX_BLOCKED_KERNEL_BYTES = 1 << 20
 # At most this many blocks per convolution: each is one convolution in the compiled program.
 _MAX_BLOCKS = 64
 
@@ -82,9 +84,10 @@ def weight_gradient_block(batch_size: int, image_bytes: int, kernel_bytes: int) 
   Returns:
     The largest divisor of `batch_size` whose block (input plus output gradient) fits in
     `_BLOCK_BYTES` (at least 1, and at least `batch_size / _MAX_BLOCKS`), or `batch_size` (one
-    block: XLA's own weight gradient) when the kernel is larger than `_BLOCK_BYTES`.
+    block: XLA's own weight gradient) when the kernel is larger than
+    `_MAX_BLOCKED_KERNEL_BYTES`.
   """
-  if kernel_bytes > _BLOCK_BYTES:
+  if kernel_bytes > _MAX_BLOCKED_KERNEL_BYTES:
     return batch_size
   target = max(1, _BLOCK_BYTES // max(image_bytes, 1), -(-batch_size // _MAX_BLOCKS))
   return max(d for d in range(1, min(target, batch_size) + 1) if batch_size % d == 0)

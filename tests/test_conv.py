@@ -65,6 +65,8 @@ def _conv_fn(case, algorithm):
 def small_blocks(monkeypatch):
   """Blocks of one or two images, so tiny test batches exercise the blocked weight gradient."""
   monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)
+  # Checks that the blocked path really runs in blocks.
+  assert conv.weight_gradient_block(4, 100, 100) == 1
 
 
 def _value_and_grads(fn, x, kernel, output_grad):
@@ -81,6 +83,11 @@ def test_blocked_equals_native_values_and_gradients(case, small_blocks):
   output_grad = np.random.default_rng(1).normal(size=y_ref.shape).astype(np.float32)
   ours = jax.jit(functools.partial(_value_and_grads, _conv_fn(case, "blocked")))
   ref = functools.partial(_value_and_grads, _conv_fn(case, "reference"))
+  if case["kernel_size"] > 1:
+    # One weight gradient per image block (`small_blocks`), plus the input gradient, beside
+    # the reference's one forward, one input and one weight gradient convolution.
+    count = ours.lower(x, kernel, output_grad).as_text().count("stablehlo.convolution")
+    assert count == 2 + case["batch"], count
   for name, a, b in zip(("output", "input grad", "kernel grad"), ours(x, kernel, output_grad),
                         ref(x, kernel, output_grad)):
     assert a.shape == b.shape, name

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models import conv as conv_lib
+from models.conv import CONV_ALGORITHMS, Conv
 from models.layers import DropBlock
 
 VARIANTS = ('v1', 'B', 'C', 'D')
@@ -115,7 +115,7 @@ def _conv(features: int,
   # gives the same output shape but shifts the sampling grid by one pixel, so
   # weights ported from those libraries would see different pixels.
   padding = kernel_size // 2
-  return conv_lib.Conv(
+  return Conv(
       features,
       kernel_size=(kernel_size, kernel_size),
       strides=(strides, strides),
@@ -420,8 +420,7 @@ class ResNet(nn.Module):
     _check_choice('block', self.block, BLOCKS)
     _check_choice('norm', self.norm, NORMS)
     _check_choice('kernel_init', self.kernel_init, KERNEL_INITS)
-    _check_choice('conv_algorithm', self.conv_algorithm,
-                  conv_lib.CONV_ALGORITHMS)
+    _check_choice('conv_algorithm', self.conv_algorithm, CONV_ALGORITHMS)
     if not self.stage_sizes or any(n < 1 for n in self.stage_sizes):
       raise ValueError('stage_sizes must be a non-empty sequence of positive '
                        f'block counts, got {self.stage_sizes!r}.')

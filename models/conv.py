@@ -117,7 +117,7 @@ def _blocked_conv_bwd(strides, padding, groups, residuals, output_grad):
     return kernel_vjp(grad_block)[0]
 
   batch_size = x.shape[0]
-  image_bytes = (x[0].size + output_grad[0].size) * x.dtype.itemsize
+  image_bytes = (x.size + output_grad.size) // batch_size * x.dtype.itemsize
   block = weight_gradient_block(batch_size, image_bytes, kernel.size * kernel.dtype.itemsize)
   if block == batch_size:
     weight_grad = block_weight_grad(x, output_grad)
@@ -186,7 +186,8 @@ def conv_general_dilated(lhs: jnp.ndarray,
   padding, no dilation and no batch groups; anything else, and 'native', is
   `lax.conv_general_dilated` itself. Within 'blocked', unpadded 1×1 convolutions are matrix
   products (`_pointwise_conv`) and the rest keep XLA's forward pass and input gradient but
-  compute the weight gradient per block of images (`weight_gradient_block`).
+  compute the weight gradient per block of images (`weight_gradient_block`), or are
+  XLA's convolution where the whole batch is one block.
 
   Args:
     lhs: Images, e.g. [batch, height, width, in_features].
@@ -224,6 +225,13 @@ def conv_general_dilated(lhs: jnp.ndarray,
                            preferred_element_type)
   if precision is not None or preferred_element_type is not None:
     return native()
+  out_size = [(size + lo + hi - k) // stride + 1 for size, (lo, hi), k, stride
+              in zip(lhs.shape[1:3], padding, rhs.shape[:2], strides)]
+  image_bytes = (lhs.size // lhs.shape[0] + out_size[0] * out_size[1] * rhs.shape[3]) * (
+      lhs.dtype.itemsize)
+  if weight_gradient_block(lhs.shape[0], image_bytes,
+                           rhs.size * rhs.dtype.itemsize) == lhs.shape[0]:
+    return native()  # One block: XLA's own weight gradient, without a custom VJP around it.
   return _blocked_conv(lhs, rhs, strides, padding, feature_group_count)
 
 

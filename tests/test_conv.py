@@ -140,6 +140,10 @@ def test_automatic_choice_per_backend(monkeypatch):
   pointwise = dict(batch=2, size=4, in_features=3, features=5, kernel_size=1, strides=1, pad=0,
                    groups=1)
   spatial = dict(pointwise, kernel_size=3, pad=1)
+  # The whole batch is one block (`weight_gradient_block`): XLA's convolution, even on CPU.
+  x, kernel = _arrays(spatial)
+  assert _primitives(_conv_fn(spatial, "blocked"), x, kernel) == {"conv_general_dilated"}
+  monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)  # Blocks of one image from here on.
   for case, cpu_primitive in ((pointwise, "dot_general"), (spatial, "custom_vjp_call")):
     x, kernel = _arrays(case)
     # On this (CPU) backend 'auto' is the blocked algorithm ...
@@ -148,9 +152,9 @@ def test_automatic_choice_per_backend(monkeypatch):
     # ... and it is XLA's convolution when the backend is a GPU or TPU, or when forced.
     assert _primitives(_conv_fn(case, "native"), x, kernel) == {"conv_general_dilated"}
     for backend in ("gpu", "tpu"):
-      monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
-      assert _primitives(_conv_fn(case, "auto"), x, kernel) == {"conv_general_dilated"}
-      monkeypatch.undo()
+      with monkeypatch.context() as patch:
+        patch.setattr(jax, "default_backend", lambda b=backend: b)
+        assert _primitives(_conv_fn(case, "auto"), x, kernel) == {"conv_general_dilated"}
 
 
 def test_conv_module_has_flax_parameters():

@@ -1,6 +1,6 @@
-r"""ResNet train steps on a CPU: bagtricks beside PyTorch, same architecture and weights, one process.
+r"""ResNet train steps on a CPU: bagtricks beside PyTorch, same network and weights, one process.
 
-  python benchmarks/compare_torch.py                      # ResNet-50-D 224px b8, ResNet-18-D 32px b128
+  python benchmarks/compare_torch.py             # ResNet-50-D 224px b8, ResNet-18-D 32px b128
   python benchmarks/compare_torch.py --models=resnet18d:32:128 --rounds=5 --steps=2
   python benchmarks/compare_torch.py --json=/tmp/compare_torch.json
 

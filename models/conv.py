@@ -85,12 +85,14 @@ def weight_gradient_block(batch_size: int, image_bytes: int, kernel_bytes: int) 
     The largest divisor of `batch_size` whose block (input plus output gradient) fits in
     `_BLOCK_BYTES` (at least 1, and at least `batch_size / _MAX_BLOCKS`), or `batch_size` (one
     block: XLA's own weight gradient) when the kernel is larger than
-    `_MAX_BLOCKED_KERNEL_BYTES`.
+    `_MAX_BLOCKED_KERNEL_BYTES` or no divisor gives at most `_MAX_BLOCKS` blocks.
   """
   if kernel_bytes > _MAX_BLOCKED_KERNEL_BYTES:
     return batch_size
   target = max(1, _BLOCK_BYTES // max(image_bytes, 1), -(-batch_size // _MAX_BLOCKS))
-  return max(d for d in range(1, min(target, batch_size) + 1) if batch_size % d == 0)
+  block = max(d for d in range(1, min(target, batch_size) + 1) if batch_size % d == 0)
+  # A batch size with few divisors (a prime) could need many more blocks than allowed.
+  return block if batch_size // block <= _MAX_BLOCKS else batch_size
 
 
 def _native(x, kernel, strides, padding, groups):
@@ -183,8 +185,8 @@ def conv_general_dilated(lhs: jnp.ndarray,
 
   The 'blocked' algorithm applies to 2-D convolutions in flax's layout (images
   [batch, height, width, channels], kernels [kh, kw, in / groups, out]) with explicit
-  padding, no dilation and no batch groups; anything else, and 'native', is
-  `lax.conv_general_dilated` itself. Within 'blocked', unpadded 1×1 convolutions are matrix
+  padding, no dilation and no batch groups, whose input is at least `_BLOCK_BYTES` (1 MiB);
+  anything else, and 'native', is `lax.conv_general_dilated` itself. Within 'blocked', unpadded 1×1 convolutions are matrix
   products (`_pointwise_conv`) and the rest keep XLA's forward pass and input gradient but
   compute the weight gradient per block of images (`weight_gradient_block`), or are
   XLA's convolution where the whole batch is one block.
@@ -220,6 +222,9 @@ def conv_general_dilated(lhs: jnp.ndarray,
       or batch_group_count != 1):
     return native()
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if lhs.size * lhs.dtype.itemsize < _BLOCK_BYTES:
+    # Too small to gain anything: keep XLA's program as it is (e.g. the 8×8 digits job).
+    return native()
   if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
     return _pointwise_conv(lhs, rhs, strides, feature_group_count, precision,
                            preferred_element_type)

@@ -104,6 +104,8 @@ def test_weight_gradient_block_sizes():
   assert conv.weight_gradient_block(128, 2 * 8 * 8 * 256 * 4, 3 * 3 * 256 * 256 * 4) == 128
   # At most 64 blocks: 256 tiny images give blocks of 4.
   assert conv.weight_gradient_block(256, 1 << 21, 100) == 4
+  # 131 (a prime) would need 131 blocks of one: left whole.
+  assert conv.weight_gradient_block(131, 1 << 21, 100) == 131
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -140,10 +142,16 @@ def test_automatic_choice_per_backend(monkeypatch):
   pointwise = dict(batch=2, size=4, in_features=3, features=5, kernel_size=1, strides=1, pad=0,
                    groups=1)
   spatial = dict(pointwise, kernel_size=3, pad=1)
-  # The whole batch is one block (`weight_gradient_block`): XLA's convolution, even on CPU.
-  x, kernel = _arrays(spatial)
-  assert _primitives(_conv_fn(spatial, "blocked"), x, kernel) == {"conv_general_dilated"}
-  monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)  # Blocks of one image from here on.
+  # Inputs under 1 MiB, or a batch that is one block (`weight_gradient_block`), keep XLA's
+  # convolution even on CPU.
+  for case in (pointwise, spatial):
+    x, kernel = _arrays(case)
+    assert _primitives(_conv_fn(case, "blocked"), x, kernel) == {"conv_general_dilated"}
+  monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)  # Blocks of one image from here on ...
+  with monkeypatch.context() as patch:
+    patch.setattr(conv, "_MAX_BLOCKED_KERNEL_BYTES", 0)  # ... except for too large kernels.
+    x, kernel = _arrays(spatial)
+    assert _primitives(_conv_fn(spatial, "blocked"), x, kernel) == {"conv_general_dilated"}
   for case, cpu_primitive in ((pointwise, "dot_general"), (spatial, "custom_vjp_call")):
     x, kernel = _arrays(case)
     # On this (CPU) backend 'auto' is the blocked algorithm ...

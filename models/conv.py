@@ -19,9 +19,10 @@ reformulations fix that without changing the result beyond float rounding:
   XLA's own convolutions. (The blocks are unrolled: inside a loop XLA:CPU falls back to a slow
   convolution emitter.)
 
-Both are chosen by `conv_general_dilated(..., algorithm='auto')` on the CPU backend only; on
-GPU and TPU `auto` is XLA's native convolution (cuDNN / the TPU's convolution units), as is
-`algorithm='native'` everywhere. `Conv` is `flax.linen.Conv` with this function, so its
+Both are chosen by `conv_general_dilated(..., algorithm='auto')` on the CPU backend only, for
+inputs of at least 1 MiB (smaller ones keep XLA's program: the 8×8 digits job of
+configs/default.py ran no faster with them); on GPU and TPU `auto` is XLA's native convolution
+(cuDNN / the TPU's convolution units), as is `algorithm='native'` everywhere. `Conv` is `flax.linen.Conv` with this function, so its
 parameters are the same (`kernel` [kh, kw, in_features / groups, features], optional `bias`).
 """
 

@@ -22,8 +22,9 @@ reformulations fix that without changing the result beyond float rounding:
 Both are chosen by `conv_general_dilated(..., algorithm='auto')` on the CPU backend only, for
 inputs of at least 1 MiB (smaller ones keep XLA's program: the 8×8 digits job of
 configs/default.py ran no faster with them); on GPU and TPU `auto` is XLA's native convolution
-(cuDNN / the TPU's convolution units), as is `algorithm='native'` everywhere. `Conv` is `flax.linen.Conv` with this function, so its
-parameters are the same (`kernel` [kh, kw, in_features / groups, features], optional `bias`).
+(cuDNN / the TPU's convolution units), as is `algorithm='native'` everywhere. `Conv` is
+`flax.linen.Conv` with this function, so its parameters are the same (`kernel`
+[kh, kw, in_features / groups, features], optional `bias`).
 """
 
 import functools
@@ -120,7 +121,7 @@ def _per_block(fn, block, *arrays):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _blocked_conv(x, kernel, strides, padding, groups, block):
   # The forward pass and the input gradient run per block too: 10-30 % faster on XLA:CPU for
-  # the 3×3 convolutions of a ResNet at 16-56 px (measured per layer).
+  # the 3×3 convolutions of a ResNet at 16 and 32 px (measured per layer).
   return _per_block(lambda x_: _native(x_, kernel, strides, padding, groups), block, x)
 
 
@@ -203,10 +204,10 @@ def conv_general_dilated(lhs: jnp.ndarray,
   The 'blocked' algorithm applies to 2-D convolutions in flax's layout (images
   [batch, height, width, channels], kernels [kh, kw, in / groups, out]) with explicit
   padding, no dilation and no batch groups, whose input is at least `_BLOCK_BYTES` (1 MiB);
-  anything else, and 'native', is `lax.conv_general_dilated` itself. Within 'blocked', unpadded 1×1 convolutions are matrix
-  products (`_pointwise_conv`) and the rest run XLA's convolution, its input gradient and its
-  weight gradient per block of images (`weight_gradient_block`), or are XLA's convolution
-  where the whole batch is one block.
+  anything else, and 'native', is `lax.conv_general_dilated` itself. Within 'blocked',
+  unpadded 1×1 convolutions are matrix products (`_pointwise_conv`) and the rest run XLA's
+  convolution, its input gradient and its weight gradient per block of images
+  (`weight_gradient_block`), or are XLA's convolution where the whole batch is one block.
 
   Args:
     lhs: Images, e.g. [batch, height, width, in_features].

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from jax.experimental.shard_map import shard_map
 from jax.sharding import Mesh, PartitionSpec
 
 import models
@@ -200,7 +199,7 @@ def test_gradients_across_devices(backend, small_blocks):
       results[algorithm] = (grads[0].reshape(x.shape), grads[1])
     else:
       mesh = Mesh(np.array(devices), ("batch",))
-      results[algorithm] = shard_map(
+      results[algorithm] = jax.shard_map(
           lambda xs, k, fn=fn: (fn(xs, k)[0], fn(xs, k)[1][None]), mesh=mesh,
           in_specs=(PartitionSpec("batch"), PartitionSpec()),
           out_specs=(PartitionSpec("batch"), PartitionSpec("batch")))(x, kernel)

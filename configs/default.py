@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.drop_block_rate = 0.0
   config.model.drop_block_size = 7
   config.model.drop_block_stages = (3, 4)
+  # How convolutions are computed (models/conv.py): "auto" (XLA's own on GPU/TPU, the
+  # "blocked" CPU algorithm on CPU), "native" or "blocked"; same parameters and results.
+  config.model.conv_algorithm = "auto"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"

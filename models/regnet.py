@@ -359,6 +359,7 @@ class RegNet(nn.Module):
     drop_block_stages: 1-based stages that use DropBlock.
     dtype: Compute dtype of the trunk; pooling and classifier run in float32.
     param_dtype: Parameter dtype.
+    conv_algorithm: How convolutions are computed (as `resnet.ResNet.conv_algorithm`).
   """
   depth: int
   w0: int
@@ -382,10 +383,12 @@ class RegNet(nn.Module):
   drop_block_stages: Sequence[int] = (3, 4)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_algorithm: str = 'auto'
 
   def __post_init__(self):
     # Validate on construction so that a bad value fails before any tracing.
     resnet._check_choice('norm', self.norm, resnet.NORMS)
+    resnet._check_choice('conv_algorithm', self.conv_algorithm, resnet.CONV_ALGORITHMS)
     resnet._check_choice('kernel_init', self.kernel_init, resnet.KERNEL_INITS)
     if self.num_classes < 1:
       raise ValueError(f'num_classes must be positive, got {self.num_classes}.')
@@ -434,7 +437,7 @@ class RegNet(nn.Module):
     """
     conv_init, dense_init = self._initializers()
     conv = functools.partial(resnet._conv, kernel_init=conv_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+                             param_dtype=self.param_dtype, algorithm=self.conv_algorithm)
     norm = functools.partial(
         resnet._norm, kind=self.norm, train=train, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, axis_name=self.axis_name, dtype=self.dtype,

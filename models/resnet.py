@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.conv import CONV_ALGORITHMS, Conv
 from models.layers import DropBlock
 
 VARIANTS = ('v1', 'B', 'C', 'D')
@@ -91,7 +92,8 @@ def _conv(features: int,
           name: str,
           kernel_init: Callable[..., Any],
           dtype: Any,
-          param_dtype: Any) -> nn.Conv:
+          param_dtype: Any,
+          algorithm: str = 'auto') -> nn.Conv:
   """Builds a bias-free square conv with PyTorch-style symmetric padding.
 
   Args:
@@ -105,16 +107,19 @@ def _conv(features: int,
       [k, k, in_channels / groups, features].
     dtype: Compute dtype.
     param_dtype: Dtype of the kernel.
+    algorithm: How the convolution is computed, one of `conv.CONV_ALGORITHMS`
+      ('auto': XLA's convolution on GPU/TPU, the CPU-friendly 'blocked' one on
+      CPU); the parameters do not depend on it.
 
   Returns:
-    The unbound `nn.Conv` module.
+    The unbound `conv.Conv` module (an `nn.Conv`).
   """
   # Pad kernel_size // 2 on both sides, as torchvision/timm do. 'SAME' would
   # pad a stride-2 conv on an even-sized input only at the bottom/right, which
   # gives the same output shape but shifts the sampling grid by one pixel, so
   # weights ported from those libraries would see different pixels.
   padding = kernel_size // 2
-  return nn.Conv(
+  return Conv(
       features,
       kernel_size=(kernel_size, kernel_size),
       strides=(strides, strides),
@@ -124,6 +129,7 @@ def _conv(features: int,
       kernel_init=kernel_init,
       dtype=dtype,
       param_dtype=param_dtype,
+      algorithm=algorithm,
       name=name)
 
 
@@ -396,6 +402,10 @@ class ResNet(nn.Module):
     dtype: Compute dtype of the convolutional trunk (e.g. bfloat16 for mixed
       precision). Pooling and classifier always run in float32.
     param_dtype: Dtype of the parameters.
+    conv_algorithm: How convolutions are computed (`conv.CONV_ALGORITHMS`):
+      'auto' (XLA's native convolution on GPU/TPU, 'blocked' on CPU), 'native'
+      or 'blocked' (1x1 convs as matrix products, weight gradients per block
+      of images; see models/conv.py). Same parameters and results either way.
   """
   stage_sizes: Sequence[int]
   block: str
@@ -416,6 +426,7 @@ class ResNet(nn.Module):
   cosine_head: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_algorithm: str = 'auto'
 
   def __post_init__(self):
     # Validate on construction so that a typo fails before any tracing.
@@ -423,6 +434,7 @@ class ResNet(nn.Module):
     _check_choice('block', self.block, BLOCKS)
     _check_choice('norm', self.norm, NORMS)
     _check_choice('kernel_init', self.kernel_init, KERNEL_INITS)
+    _check_choice('conv_algorithm', self.conv_algorithm, CONV_ALGORITHMS)
     if not self.stage_sizes or any(n < 1 for n in self.stage_sizes):
       raise ValueError('stage_sizes must be a non-empty sequence of positive '
                        f'block counts, got {self.stage_sizes!r}.')
@@ -483,7 +495,7 @@ class ResNet(nn.Module):
     conv_init, dense_init = self._initializers()
     conv = functools.partial(
         _conv, kernel_init=conv_init, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+        param_dtype=self.param_dtype, algorithm=self.conv_algorithm)
     norm = functools.partial(
         _norm, kind=self.norm, train=train, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, axis_name=self.axis_name, dtype=self.dtype,

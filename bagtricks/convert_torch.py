@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
@@ -38,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
+from bagtricks import cli
 from models import regnet as regnet_lib
 from models import resnet as resnet_lib
 
@@ -271,15 +271,13 @@ def save_checkpoint(variables: Mapping[str, Any], out_dir: str) -> str:
 
 
 def main(argv: List[str]) -> None:
-  # pylint: disable=import-outside-toplevel
-  from absl import flags
-  del argv
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  cli.exit_on_positional_arguments(argv)
+  cli.configure_logging()
   flag_values = flags.FLAGS
-  try:
-    variables = convert_state_dict(load_state_dict(flag_values.input), flag_values.model)
-  except ConversionError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  variables = cli.run_reporting_errors(
+      lambda: convert_state_dict(load_state_dict(flag_values.input), flag_values.model),
+      usage_errors=(ConversionError,))
   directory = save_checkpoint(variables, flag_values.out_dir)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
   print(f'Wrote {flag_values.model} ({count:,} parameters) to {directory} (step 0).',
@@ -287,10 +285,11 @@ def main(argv: List[str]) -> None:
 
 
 if __name__ == '__main__':
+  cli.quiet_native_logs()  # Before the logging set-up imports TensorFlow.
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('input', None, 'PyTorch state dict: .safetensors, .pth, .pt or .bin.')
   flags.DEFINE_string('model', None, 'bagtricks model name, e.g. resnet50d or regnety_032.')
   flags.DEFINE_string('out_dir', None, 'Output directory; the checkpoint goes to '
                       '<out_dir>/checkpoints.')
   flags.mark_flags_as_required(['input', 'model', 'out_dir'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -13,7 +13,6 @@ bigger model (``--teacher_model``). The runner writes ``ablation.md`` (the table
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -30,7 +29,7 @@ cli.quiet_native_logs()  # Before TensorFlow is imported.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import configs  # noqa: E402
-from bagtricks import train  # noqa: E402
+from bagtricks import records, train  # noqa: E402
 
 # ImageNet top-1 (%) of the paper's ResNet-50 for the steps it reports: the efficient-training
 # baseline (Table 3), then the refinements stacked on ResNet-50-D (Table 6; mixup there is
@@ -137,16 +136,14 @@ def read_curves(workdir: str, steps_per_epoch: float) -> Dict[str, List]:
   """Training accuracy, test loss and test accuracy against epochs, from ``metrics.jsonl``."""
   curves = {"train_epoch": [], "train_accuracy": [], "test_epoch": [], "test_loss": [],
             "test_accuracy": []}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "accuracy" in record:
-        curves["train_epoch"].append(record["step"] / steps_per_epoch)
-        curves["train_accuracy"].append(100 * record["accuracy"])
-      if "test_accuracy" in record:
-        curves["test_epoch"].append(record["step"] / steps_per_epoch)
-        curves["test_loss"].append(record["test_loss"])
-        curves["test_accuracy"].append(100 * record["test_accuracy"])
+  for record in records.read_metrics(workdir):
+    if "accuracy" in record:
+      curves["train_epoch"].append(record["step"] / steps_per_epoch)
+      curves["train_accuracy"].append(100 * record["accuracy"])
+    if "test_accuracy" in record:
+      curves["test_epoch"].append(record["step"] / steps_per_epoch)
+      curves["test_loss"].append(record["test_loss"])
+      curves["test_accuracy"].append(100 * record["test_accuracy"])
   return curves
 
 

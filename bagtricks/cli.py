@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import difflib
-import json
 import importlib.util
+import json
 import logging as pylogging
 import os
 import sys
@@ -23,6 +23,8 @@ import tempfile
 import time
 import warnings
 from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as np
 
 USAGE_ERROR = 2
 # Python packages whose INFO lines are the run's own.
@@ -224,6 +226,20 @@ def run_reporting_errors(fn: Callable[..., Any], *args, usage_errors: tuple = ()
   except train.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(PREEMPTED)
+
+
+def mean_std(values: Sequence[Optional[float]], scale: float = 1.0) -> str:
+  """A study table's cell: ``mean ± std`` of ``values`` × ``scale`` over seeds, 2 decimals.
+
+  One value is shown alone; ``None`` entries (runs that do not apply) are left out, and a cell
+  with none left is ``–``.
+  """
+  kept = [scale * v for v in values if v is not None]
+  if not kept:
+    return "–"
+  if len(kept) == 1:
+    return f"{kept[0]:.2f}"
+  return f"{np.mean(kept):.2f} ± {np.std(kept):.2f}"
 
 
 def write_study_outputs(workdir: str, name: str, table: str, results: Any, started: float,

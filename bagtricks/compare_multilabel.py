@@ -17,7 +17,6 @@ import os
 import time
 from typing import Callable, Dict, List, Sequence
 
-import numpy as np
 from absl import app, flags
 
 from bagtricks import cli
@@ -30,12 +29,6 @@ from configs import multilabel_mosaic  # noqa: E402
 
 LOSSES = (("full_bce", "BCE, every label (oracle)"), ("known_bce", "BCE, known labels only"),
           ("partial_bce", "partial-BCE"))
-
-
-def _mean_std(values: Sequence[float]) -> str:
-  if len(values) == 1:
-    return f"{100 * values[0]:.2f}"
-  return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
 
 
 def multilabel_rows(workdir: str, hidden_fractions: Sequence[float], seeds: Sequence[int],
@@ -69,7 +62,7 @@ def markdown_table(rows: List[Dict], seeds: Sequence[int]) -> str:
   for r in rows:
     known = 10 - int(round(10 * r["hidden_fraction"]))
     out.append(f"| {100 * r['hidden_fraction']:.0f} % | {known} of 10 | "
-               + " | ".join(_mean_std(r[loss]) for loss, _ in columns) + " |")
+               + " | ".join(cli.mean_std(r[loss], scale=100) for loss, _ in columns) + " |")
   return "\n".join(out) + "\n"
 
 

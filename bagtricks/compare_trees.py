@@ -22,7 +22,6 @@ import os
 import time
 from typing import Callable, Dict, List, Sequence
 
-import numpy as np
 from absl import app, flags
 
 from bagtricks import cli
@@ -63,15 +62,6 @@ def _seeded(get_config: Callable, seed: int, **dataset):
   for key, value in dataset.items():
     config.dataset[key] = value
   return config
-
-
-def _mean_std(values: Sequence[float]) -> str:
-  values = [v for v in values if v is not None]
-  if not values:
-    return "–"
-  if len(values) == 1:
-    return f"{values[0]:.2f}"
-  return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
 def dndt_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
@@ -140,21 +130,21 @@ def markdown_tables(dndt: List[Dict], sdt: List[Dict], ndf: List[Dict],
          "|---|---|---|---|---|---|---|"]
   for r in dndt:
     paper = "–" if r["paper_dndt"] is None else f"{r['paper_dndt']:.1f}"
-    out.append(f"| {r['dataset'][len('sklearn_'):]} | {paper} | {_mean_std(r['dndt'])} | "
-               f"{_mean_std(r['dndt_rules'])} | {_mean_std(r['sndf'])} | "
-               f"{_mean_std(r['decision_tree'])} | {_mean_std(r['mlp'])} |")
+    out.append(f"| {r['dataset'][len('sklearn_'):]} | {paper} | {cli.mean_std(r['dndt'])} | "
+               f"{cli.mean_std(r['dndt_rules'])} | {cli.mean_std(r['sndf'])} | "
+               f"{cli.mean_std(r['decision_tree'])} | {cli.mean_std(r['mlp'])} |")
   out += ["", f"Soft decision tree (depth 8) on the digits, test accuracy % (seeds "
           f"{list(seeds)})", "",
           "| training | paper (MNIST) | max-path leaf | mixture | teacher |",
           "|---|---|---|---|---|"]
   for r in sdt:
     teacher = f"{r['teacher']:.2f}" if r["training"] == "distilled" else "–"
-    out.append(f"| {r['training']} | {r['paper_mnist']:.2f} | {_mean_std(r['max_path'])} | "
-               f"{_mean_std(r['mixture'])} | {teacher} |")
+    out.append(f"| {r['training']} | {r['paper_mnist']:.2f} | {cli.mean_std(r['max_path'])} | "
+               f"{cli.mean_std(r['mixture'])} | {teacher} |")
   out += ["", f"ResNet-18-D trunk on the digits, same recipe and 40 epochs, test accuracy % "
           f"(seeds {list(image_seeds)})", "", "| head | accuracy |", "|---|---|"]
   for r in ndf:
-    out.append(f"| {r['model']} | {_mean_std(r['accuracy'])} |")
+    out.append(f"| {r['model']} | {cli.mean_std(r['accuracy'])} |")
   return "\n".join(out) + "\n"
 
 

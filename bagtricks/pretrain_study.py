@@ -22,7 +22,6 @@ reused when the command is run again.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ cli.quiet_native_logs()  # Before TensorFlow is imported.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import configs  # noqa: E402
-from bagtricks import data, train  # noqa: E402
+from bagtricks import data, records, train  # noqa: E402
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
@@ -92,12 +91,10 @@ def target_config(config, init: str, fraction: float, multiplier: float, seed: i
 def test_accuracy_curve(run_dir: str) -> Dict[str, List[float]]:
   """``{'steps', 'test_accuracy'}`` (%) of every evaluation in ``run_dir/metrics.jsonl``."""
   curve = {"steps": [], "test_accuracy": []}
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "test_accuracy" in record:
-        curve["steps"].append(record["step"])
-        curve["test_accuracy"].append(100 * record["test_accuracy"])
+  for record in records.read_metrics(run_dir):
+    if "test_accuracy" in record:
+      curve["steps"].append(record["step"])
+      curve["test_accuracy"].append(100 * record["test_accuracy"])
   return curve
 
 

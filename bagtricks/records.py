@@ -171,6 +171,12 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
+def read_metrics(workdir: str) -> List[Dict[str, float]]:
+  """The records of ``workdir/metrics.jsonl``, one dict per logged step, in file order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def keep_steps_up_to(path: str, last_step: int) -> None:
   """Drops the records after ``last_step`` from a ``metrics.jsonl`` (a resumed run logs them
   again); nothing happens when the file does not exist."""

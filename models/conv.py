@@ -9,7 +9,12 @@ reformulations fix that without changing the result beyond float rounding:
 
 * A 1×1 convolution is a matrix product over channels, `y[n, h, w, :] = x[n, s·h, s·w, :] @ K`
   (stride `s`). Written as `lax.dot_general`, its weight gradient `Σ_{n,h,w} xᵀ dy` is one
-  matrix product too (3× faster than the convolution's weight gradient above).
+  matrix product too (3× faster than the convolution's weight gradient above). XLA:CPU's
+  matrix kernels need one operand of it transposed in memory, and left to itself XLA often
+  transposes the larger (the output gradient of an expanding 1×1 convolution, 4× the input),
+  writing it transposed straight out of the BatchNorm gradient that produces it; a custom VJP
+  transposes the smaller operand instead (`_matmul_weight_grad`: a ResNet-50-D train step
+  14 % faster).
 * A k×k convolution's weight gradient is a sum over images,
   `dK[i, j, c, o] = Σ_n Σ_{h,w} x_pad[n, s·h + i, s·w + j, c] · dy[n, h, w, o]`, and
   XLA:CPU's kernel is several times faster on a few images at a time whose input and output
@@ -19,12 +24,12 @@ reformulations fix that without changing the result beyond float rounding:
   also run per block (10-30 % faster). (The blocks are unrolled: inside a loop XLA:CPU falls
   back to a slow convolution emitter.)
 
-Both are chosen by `conv_general_dilated(..., algorithm='auto')` on the CPU backend only, for
-inputs of at least 1 MiB (smaller ones keep XLA's program: the 8×8 digits job of
-configs/default.py ran no faster with them); on GPU and TPU `auto` is XLA's native convolution
-(cuDNN / the TPU's convolution units), as is `algorithm='native'` everywhere. `Conv` is
-`flax.linen.Conv` with this function, so its parameters are the same (`kernel`
-[kh, kw, in_features / groups, features], optional `bias`).
+Both are chosen by `conv_general_dilated(..., algorithm='auto')` on the CPU backend only: 1×1
+convolutions with inputs of at least 256 KiB, k×k ones of at least 1 MiB (smaller ones keep
+XLA's program: the 8×8 digits job of configs/default.py ran no faster); on GPU and TPU `auto`
+is XLA's native convolution (cuDNN / the TPU's convolution units), as is `algorithm='native'`
+everywhere. `Conv` is `flax.linen.Conv` with this function, so its parameters are the same
+(`kernel` [kh, kw, in_features / groups, features], optional `bias`).
 """
 
 import functools
@@ -42,9 +47,13 @@ CONV_ALGORITHMS = ('auto', 'native', 'blocked')
 # Bytes of one block's input plus output gradient that keep XLA:CPU's weight-gradient kernel
 # in cache.
 _BLOCK_BYTES = 1 << 20
-# Kernels larger than this are not blocked: the per-block gradients would then cost more to
-# add up than the blocking saves (measured 2× slower for a 3×3, 256→256 kernel).
-_MAX_BLOCKED_KERNEL_BYTES = 1 << 20
+# 1×1 convolutions of smaller inputs keep XLA's program: too small to gain anything (the 8×8
+# digits job of configs/default.py, whose largest 1×1 input is 128 KiB), and results that
+# differ in float rounding change a short training run's trajectory for nothing.
+_MIN_MATMUL_BYTES = 1 << 18
+# Blocks grow to up to this many times the kernel's bytes when that is more than
+# `_BLOCK_BYTES`: each block adds a kernel-sized gradient to the sum (`weight_gradient_block`).
+_BLOCK_KERNEL_RATIO = 1
 # At most this many blocks per convolution: each is one convolution in the compiled program.
 _MAX_BLOCKS = 64
 
@@ -78,20 +87,26 @@ def resolve_algorithm(algorithm: str, backend: Optional[str] = None) -> str:
 def weight_gradient_block(batch_size: int, image_bytes: int, kernel_bytes: int) -> int:
   """Images per block of a blocked weight gradient.
 
+  A block's input plus output gradient should fit in the core's cache (`_BLOCK_BYTES`), but a
+  kernel larger than that lets blocks grow to its size: every block adds a kernel-sized
+  gradient to the sum, which costs more than the blocking saves once the kernel outweighs the
+  block (measured on a ResNet-50-D at batch 8, whose 3×3, 512→512 kernels of 9 MiB train
+  fastest as one block, and a ResNet-18-D at batch 128, whose 3×3, 256→256 kernels of
+  2.25 MiB train fastest in blocks of 16 8×8 images).
+
   Args:
     batch_size: Images in the batch.
     image_bytes: Bytes of one image's input plus output gradient.
     kernel_bytes: Bytes of the kernel.
 
   Returns:
-    The largest divisor of `batch_size` whose block (input plus output gradient) fits in
-    `_BLOCK_BYTES` (at least 1, and at least `batch_size / _MAX_BLOCKS`), or `batch_size` (one
-    block: XLA's own weight gradient) when the kernel is larger than
-    `_MAX_BLOCKED_KERNEL_BYTES` or no divisor gives at most `_MAX_BLOCKS` blocks.
+    The largest divisor of `batch_size` whose block holds at most max(`_BLOCK_BYTES`,
+    `_BLOCK_KERNEL_RATIO` · `kernel_bytes`) (at least 1, and at least
+    `batch_size / _MAX_BLOCKS`), or `batch_size` (one block: XLA's own weight gradient) when
+    no divisor gives at most `_MAX_BLOCKS` blocks.
   """
-  if kernel_bytes > _MAX_BLOCKED_KERNEL_BYTES:
-    return batch_size
-  target = max(1, _BLOCK_BYTES // max(image_bytes, 1), -(-batch_size // _MAX_BLOCKS))
+  block_bytes = max(_BLOCK_BYTES, _BLOCK_KERNEL_RATIO * kernel_bytes)
+  target = max(1, block_bytes // max(image_bytes, 1), -(-batch_size // _MAX_BLOCKS))
   block = max(d for d in range(1, min(target, batch_size) + 1) if batch_size % d == 0)
   # A batch size with few divisors (a prime) could need many more blocks than allowed.
   return block if batch_size // block <= _MAX_BLOCKS else batch_size
@@ -154,6 +169,44 @@ def _blocked_conv_bwd(strides, padding, groups, block, residuals, output_grad):
 _blocked_conv.defvjp(_blocked_conv_fwd, _blocked_conv_bwd)
 
 
+def _matmul_weight_grad(x: jnp.ndarray, output_grad: jnp.ndarray, precision: Any) -> jnp.ndarray:
+  """`xᵀ · output_grad` [in, out] of x [rows, in] and output_grad [rows, out], in float32.
+
+  Both operands are contracted over their major (rows) axis, and XLA:CPU's matrix-multiply
+  kernels take row-major operands only, so one of them is transposed in memory first. Left to
+  itself XLA often transposes the larger one; here it is the smaller: `xᵀ · g` when in ≤ out,
+  else `(gᵀ · x)ᵀ`.
+  """
+  if x.shape[1] <= output_grad.shape[1]:
+    return lax.dot(x.T, output_grad, precision=precision, preferred_element_type=jnp.float32)
+  return lax.dot(output_grad.T, x, precision=precision, preferred_element_type=jnp.float32).T
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul_conv(x, weights, precision, preferred_element_type):
+  """`x` [..., in] @ `weights` [in, out] with the weight gradient of `_matmul_weight_grad`."""
+  return lax.dot_general(x, weights, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+                         preferred_element_type=preferred_element_type)
+
+
+def _matmul_conv_fwd(x, weights, precision, preferred_element_type):
+  return _matmul_conv(x, weights, precision, preferred_element_type), (x, weights)
+
+
+def _matmul_conv_bwd(precision, preferred_element_type, residuals, output_grad):
+  del preferred_element_type  # The gradients take the dtypes of the inputs.
+  x, weights = residuals
+  output_grad = output_grad.astype(jnp.result_type(x, weights))
+  input_grad = lax.dot_general(output_grad, weights, (((x.ndim - 1,), (1,)), ((), ())),
+                               precision=precision).astype(x.dtype)
+  weight_grad = _matmul_weight_grad(x.reshape(-1, x.shape[-1]),
+                                    output_grad.reshape(-1, weights.shape[1]), precision)
+  return input_grad, weight_grad.astype(weights.dtype)
+
+
+_matmul_conv.defvjp(_matmul_conv_fwd, _matmul_conv_bwd)
+
+
 def _pointwise_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Tuple[int, int],
                     groups: int, precision: Any,
                     preferred_element_type: Any) -> jnp.ndarray:
@@ -174,8 +227,7 @@ def _pointwise_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Tuple[int, int
     x = x[:, ::strides[0], ::strides[1]]
   weights = kernel[0, 0]  # [in_features / groups, features]
   if groups == 1:
-    return lax.dot_general(x, weights, (((3,), (0,)), ((), ())), precision=precision,
-                           preferred_element_type=preferred_element_type)
+    return _matmul_conv(x, weights, precision, preferred_element_type)
   batch, height, width, _ = x.shape
   group_in, features = weights.shape
   x = x.reshape(batch, height, width, groups, group_in)
@@ -203,11 +255,12 @@ def conv_general_dilated(lhs: jnp.ndarray,
 
   The 'blocked' algorithm applies to 2-D convolutions in flax's layout (images
   [batch, height, width, channels], kernels [kh, kw, in / groups, out]) with explicit
-  padding, no dilation and no batch groups, whose input is at least `_BLOCK_BYTES` (1 MiB);
-  anything else, and 'native', is `lax.conv_general_dilated` itself. Within 'blocked',
-  unpadded 1×1 convolutions are matrix products (`_pointwise_conv`) and the rest run XLA's
-  convolution, its input gradient and its weight gradient per block of images
-  (`weight_gradient_block`), or are XLA's convolution where the whole batch is one block.
+  padding, no dilation and no batch groups: unpadded 1×1 convolutions whose input is at least
+  `_MIN_MATMUL_BYTES` (256 KiB) are matrix products (`_pointwise_conv`); the rest, when their
+  input is at least `_BLOCK_BYTES` (1 MiB), run XLA's convolution, its input gradient and its
+  weight gradient per block of images (`weight_gradient_block`), or are XLA's convolution
+  where the whole batch is one block.
+  Anything else, and 'native', is `lax.conv_general_dilated` itself.
 
   Args:
     lhs: Images, e.g. [batch, height, width, in_features].
@@ -240,12 +293,15 @@ def conv_general_dilated(lhs: jnp.ndarray,
       or batch_group_count != 1):
     return native()
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if lhs.size * lhs.dtype.itemsize < _BLOCK_BYTES:
-    # Too small to gain anything: keep XLA's program as it is (e.g. the 8×8 digits job).
-    return native()
+  input_bytes = lhs.size * lhs.dtype.itemsize
   if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
+    if input_bytes < _MIN_MATMUL_BYTES:
+      return native()
     return _pointwise_conv(lhs, rhs, strides, feature_group_count, precision,
                            preferred_element_type)
+  if input_bytes < _BLOCK_BYTES:
+    # Too small to gain anything: keep XLA's program as it is (e.g. the 8×8 digits job).
+    return native()
   if precision is not None or preferred_element_type is not None:
     return native()
   out_size = [(size + lo + hi - k) // stride + 1 for size, (lo, hi), k, stride

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from models.conv import CONV_ALGORITHMS, Conv
 from models.layers import DropBlock
+from models.pooling import max_pool
 
 VARIANTS = ('v1', 'B', 'C', 'D')
 BLOCKS = ('basic', 'bottleneck')
@@ -405,7 +406,8 @@ class ResNet(nn.Module):
     conv_algorithm: How convolutions are computed (`conv.CONV_ALGORITHMS`):
       'auto' (XLA's native convolution on GPU/TPU, 'blocked' on CPU), 'native'
       or 'blocked' (1x1 convs as matrix products, weight gradients per block
-      of images; see models/conv.py). Same parameters and results either way.
+      of images; see models/conv.py), and so is the stem's max pool
+      (models/pooling.py). Same parameters and results either way.
   """
   stage_sizes: Sequence[int]
   block: str
@@ -520,7 +522,8 @@ class ResNet(nn.Module):
     if not self.small_stem:
       # Symmetric padding of 1 as in torchvision/timm ('SAME' would pad only the
       # bottom/right of an even input and shift every window by a pixel).
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                   algorithm=self.conv_algorithm)
 
     if drop_block_rate is None:
       drop_block_rate = self.drop_block_rate

@@ -64,6 +64,8 @@ def _conv_fn(case, algorithm):
 def small_blocks(monkeypatch):
   """Blocks of one or two images, so tiny test batches exercise the blocked weight gradient."""
   monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)
+  monkeypatch.setattr(conv, "_BLOCK_KERNEL_RATIO", 0)
+  monkeypatch.setattr(conv, "_MIN_MATMUL_BYTES", 1)
   # Checks that the blocked path really runs in blocks.
   assert conv.weight_gradient_block(4, 100, 100) == 1
 
@@ -98,12 +100,50 @@ def test_weight_gradient_block_sizes():
   assert conv.weight_gradient_block(128, 2 * 32 * 32 * 64 * 4, 3 * 3 * 64 * 64 * 4) == 2
   assert conv.weight_gradient_block(9, 400 * 1024, 1000) == 1
   assert conv.weight_gradient_block(12, 300 * 1024, 1000) == 3
-  # A kernel larger than a block (3×3, 256→256: 2.25 MiB) keeps the whole batch.
-  assert conv.weight_gradient_block(128, 2 * 8 * 8 * 256 * 4, 3 * 3 * 256 * 256 * 4) == 128
+  # Blocks hold at least the kernel: 3×3, 256→256 (2.25 MiB) on 8×8 maps of 128 KiB per image
+  # takes blocks of 16 images (17 would fit, 16 is the largest divisor of 128 under it) ...
+  assert conv.weight_gradient_block(128, 2 * 8 * 8 * 256 * 4, 3 * 3 * 256 * 256 * 4) == 16
+  # ... and a kernel larger than the whole batch's data (3×3, 512→512 on 8 7×7 maps) keeps the
+  # batch whole.
+  assert conv.weight_gradient_block(8, 2 * 7 * 7 * 512 * 4, 3 * 3 * 512 * 512 * 4) == 8
   # At most 64 blocks: 256 tiny images give blocks of 4.
   assert conv.weight_gradient_block(256, 1 << 21, 100) == 4
   # 131 (a prime) would need 131 blocks of one: left whole.
   assert conv.weight_gradient_block(131, 1 << 21, 100) == 131
+
+
+@pytest.mark.parametrize("in_features,features", [(3, 8), (8, 3), (5, 5)])
+def test_pointwise_weight_gradient_transposes_the_smaller_operand(in_features, features,
+                                                                 small_blocks):
+  """1×1 gradients equal the native ones; only the smaller operand is transposed for dK."""
+  del small_blocks
+  case = dict(batch=3, size=5, in_features=in_features, features=features, kernel_size=1,
+              strides=1, pad=0, groups=1)
+  x, kernel = _arrays(case)
+  output_grad = np.random.default_rng(1).normal(size=(3, 5, 5, features)).astype(np.float32)
+  ours = _value_and_grads(_conv_fn(case, "blocked"), x, kernel, output_grad)
+  ref = _value_and_grads(_conv_fn(case, "reference"), x, kernel, output_grad)
+  for name, a, b in zip(("output", "input grad", "kernel grad"), ours, ref):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=name)
+  # The backward pass transposes one [rows, channels] matrix: x [75, in] when in ≤ out, else
+  # the output gradient [75, out] (and then the small [out, in] product).
+  jaxpr = jax.make_jaxpr(lambda x_, k_, g_: jax.vjp(_conv_fn(case, "blocked"), x_, k_)[1](g_))(
+      x, kernel, output_grad)
+  transposed = sorted(eqn.invars[0].aval.shape for eqn in _all_eqns(jaxpr.jaxpr)
+                      if eqn.primitive.name == "transpose")
+  big = [shape for shape in transposed if shape[0] == 75]
+  assert big == [(75, min(in_features, features))], transposed
+
+
+def _all_eqns(jaxpr):
+  """The equations of `jaxpr` and of every jaxpr nested in its parameters."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (list, tuple)) else [param]):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _all_eqns(inner)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -140,20 +180,17 @@ def test_automatic_choice_per_backend(monkeypatch):
   pointwise = dict(batch=2, size=4, in_features=3, features=5, kernel_size=1, strides=1, pad=0,
                    groups=1)
   spatial = dict(pointwise, kernel_size=3, pad=1)
-  # Inputs under 1 MiB, or a batch that is one block (`weight_gradient_block`), keep XLA's
-  # convolution even on CPU.
+  # Inputs under 256 KiB (1×1) or 1 MiB (k×k) keep XLA's convolution even on CPU.
   for case in (pointwise, spatial):
     x, kernel = _arrays(case)
     assert _primitives(_conv_fn(case, "blocked"), x, kernel) == {"conv_general_dilated"}
-  monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)  # Blocks of one image from here on ...
-  with monkeypatch.context() as patch:
-    patch.setattr(conv, "_MAX_BLOCKED_KERNEL_BYTES", 0)  # ... except for too large kernels.
-    x, kernel = _arrays(spatial)
-    assert _primitives(_conv_fn(spatial, "blocked"), x, kernel) == {"conv_general_dilated"}
-  for case, cpu_primitive in ((pointwise, "dot_general"), (spatial, "custom_vjp_call")):
+  monkeypatch.setattr(conv, "_MIN_MATMUL_BYTES", 1)
+  monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)  # Blocks of one image from here on.
+  monkeypatch.setattr(conv, "_BLOCK_KERNEL_RATIO", 0)
+  for case in (pointwise, spatial):
     x, kernel = _arrays(case)
     # On this (CPU) backend 'auto' is the blocked algorithm ...
-    assert cpu_primitive in _primitives(_conv_fn(case, "auto"), x, kernel)
+    assert "custom_vjp_call" in _primitives(_conv_fn(case, "auto"), x, kernel)
     assert "conv_general_dilated" not in _primitives(_conv_fn(case, "auto"), x, kernel)
     # ... and it is XLA's convolution when the backend is a GPU or TPU, or when forced.
     assert _primitives(_conv_fn(case, "native"), x, kernel) == {"conv_general_dilated"}
@@ -208,10 +245,13 @@ def test_gradients_across_devices(backend, small_blocks):
 
 
 def test_train_step_equal_with_and_without(monkeypatch):
-  """One ResNet-18-D train step: blocked and native give the same state."""
+  """One train step of a ResNet-18-D (small stem, 3×3 convolutions) and a ResNet-50-D (stem max
+  pool, 1×1 bottleneck convolutions): blocked and native give the same state."""
   # Blocks of two of the four images in every weight gradient.
   monkeypatch.setattr(conv, "_MAX_BLOCKS", 2)
   monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)
+  monkeypatch.setattr(conv, "_BLOCK_KERNEL_RATIO", 0)
+  monkeypatch.setattr(conv, "_MIN_MATMUL_BYTES", 1)
   from bagtricks import optim, precision, steps
   from bagtricks.parallel import AXIS_NAME, DataParallel
   from bagtricks.state import init_train_state
@@ -223,13 +263,13 @@ def test_train_step_equal_with_and_without(monkeypatch):
   tx = optim.build_optimizer(config, 0.1)
   task = ClassificationTask(10)
   rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
-           "label": rng.integers(0, 10, size=(4,)).astype(np.int32)}
-  for name in ("resnet18d",):
+  for name, size, small_stem in (("resnet18d", 8, True), ("resnet50d", 32, False)):
+    batch = {"image": rng.normal(size=(4, size, size, 3)).astype(np.float32),
+             "label": rng.integers(0, 10, size=(4,)).astype(np.int32)}
     states = {}
     for algorithm in ("blocked", "native"):
       model = models.create_model(name, num_classes=10, width_multiplier=0.125,
-                                  small_stem=True, axis_name=AXIS_NAME,
+                                  small_stem=small_stem, axis_name=AXIS_NAME,
                                   conv_algorithm=algorithm)
       state = init_train_state(model, tx, task, {k: v[:1] for k, v in batch.items()}, seed=0)
       dp = DataParallel("pmap", jax.local_devices()[:1])

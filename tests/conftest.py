@@ -53,3 +53,9 @@ def run_data_parallel(state, step_fn, batch, num_devices: int, backend: str = "p
   for _ in range(num_steps):
     p_state, metrics = compiled(p_state, dp.shard_batch(layout))
   return dp.unreplicate(p_state), dp.metrics_to_host(metrics)
+
+
+def jaxpr_primitives(fn, *args) -> set:
+  """Names of the primitives in the top level of ``fn``'s jaxpr for ``args``."""
+  import jax
+  return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).eqns}

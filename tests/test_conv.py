@@ -11,6 +11,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 import models
+from conftest import jaxpr_primitives
 from models import conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -164,10 +165,6 @@ def test_low_precision_compute(dtype, small_blocks):
                                  atol=0.03 * scale, err_msg=name)
 
 
-def _primitives(fn, *args):
-  return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).eqns}
-
-
 def test_automatic_choice_per_backend(monkeypatch):
   assert conv.resolve_algorithm("auto", backend="cpu") == "blocked"
   assert conv.resolve_algorithm("auto", backend="gpu") == "native"
@@ -183,21 +180,21 @@ def test_automatic_choice_per_backend(monkeypatch):
   # Inputs under 256 KiB (1×1) or 1 MiB (k×k) keep XLA's convolution even on CPU.
   for case in (pointwise, spatial):
     x, kernel = _arrays(case)
-    assert _primitives(_conv_fn(case, "blocked"), x, kernel) == {"conv_general_dilated"}
+    assert jaxpr_primitives(_conv_fn(case, "blocked"), x, kernel) == {"conv_general_dilated"}
   monkeypatch.setattr(conv, "_MIN_MATMUL_BYTES", 1)
   monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)  # Blocks of one image from here on.
   monkeypatch.setattr(conv, "_BLOCK_KERNEL_RATIO", 0)
   for case in (pointwise, spatial):
     x, kernel = _arrays(case)
     # On this (CPU) backend 'auto' is the blocked algorithm ...
-    assert "custom_vjp_call" in _primitives(_conv_fn(case, "auto"), x, kernel)
-    assert "conv_general_dilated" not in _primitives(_conv_fn(case, "auto"), x, kernel)
+    assert "custom_vjp_call" in jaxpr_primitives(_conv_fn(case, "auto"), x, kernel)
+    assert "conv_general_dilated" not in jaxpr_primitives(_conv_fn(case, "auto"), x, kernel)
     # ... and it is XLA's convolution when the backend is a GPU or TPU, or when forced.
-    assert _primitives(_conv_fn(case, "native"), x, kernel) == {"conv_general_dilated"}
+    assert jaxpr_primitives(_conv_fn(case, "native"), x, kernel) == {"conv_general_dilated"}
     for backend in ("gpu", "tpu"):
       with monkeypatch.context() as patch:
         patch.setattr(jax, "default_backend", lambda b=backend: b)
-        assert _primitives(_conv_fn(case, "auto"), x, kernel) == {"conv_general_dilated"}
+        assert jaxpr_primitives(_conv_fn(case, "auto"), x, kernel) == {"conv_general_dilated"}
 
 
 def test_conv_module_has_flax_parameters():

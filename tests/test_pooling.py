@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import jaxpr_primitives
 from models import pooling
 
 # (window, strides, padding, input size): the ResNet stem's pool, non-overlapping, stride 1,
@@ -80,18 +81,14 @@ def test_low_precision(dtype):
   np.testing.assert_array_equal(np.asarray(grad, np.float32), np.asarray(ref, np.float32))
 
 
-def _primitives(fn, *args):
-  return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).eqns}
-
-
 def test_automatic_choice_per_backend(monkeypatch):
   x = np.zeros((1, 6, 6, 2), np.float32)
   pool = lambda algorithm: lambda x_: pooling.max_pool(x_, (3, 3), (2, 2), ((1, 1), (1, 1)),
                                                        algorithm=algorithm)
-  assert "custom_vjp_call" in _primitives(pool("auto"), x)  # This backend is the CPU.
-  assert "reduce_window_max" in _primitives(pool("native"), x)
+  assert "custom_vjp_call" in jaxpr_primitives(pool("auto"), x)  # This backend is the CPU.
+  assert "reduce_window_max" in jaxpr_primitives(pool("native"), x)
   for backend in ("gpu", "tpu"):
     monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
-    assert "reduce_window_max" in _primitives(pool("auto"), x)
+    assert "reduce_window_max" in jaxpr_primitives(pool("auto"), x)
   with pytest.raises(ValueError, match="conv_algorithm='fast'"):
     pooling.max_pool(x, (3, 3), algorithm="fast")

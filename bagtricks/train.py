@@ -26,7 +26,7 @@ from clu import metric_writers
 
 import models
 from bagtricks import checkpoint, data, distill, finetune, hooks, optim, precision, records
-from bagtricks import steps, tasks, validate
+from bagtricks import host_memory, steps, tasks, validate
 from bagtricks.divergence import Diverged, DivergenceGuard, check_finite_state
 from bagtricks.parallel import AXIS_NAME, DataParallel
 from bagtricks.state import init_train_state, variable_shapes
@@ -175,6 +175,8 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
       latest checkpoint holds the last finite state.
     Preempted: SIGTERM arrived; a checkpoint was saved.
   """
+  if config.get("host_memory") == "retain":  # Before JAX starts its CPU client.
+    host_memory.retain_freed_memory()
   maybe_initialize_distributed(config)
   devices = select_devices(config)
   validate.validate_config(config, len(devices))

@@ -13,7 +13,7 @@ from typing import List
 import jax
 
 import models
-from bagtricks import distill, finetune, optim, precision, preprocess, tasks
+from bagtricks import distill, finetune, host_memory, optim, precision, preprocess, tasks
 from bagtricks.parallel import BACKENDS
 
 
@@ -134,6 +134,8 @@ def validate_config(config, num_local_devices: int) -> None:
   check_choice("schedule.name", config.schedule.name, optim.SCHEDULES)
   check_choice("precision", config.precision, precision.PRECISIONS)
   check_choice("parallel", config.parallel, BACKENDS)
+  if _has(config, "host_memory"):
+    check_choice("host_memory", config.host_memory, host_memory.HOST_MEMORY_MODES)
 
   for field in ("optimizer.base_lr", "optimizer.base_batch_size", "num_epochs"):
     _positive(config, field, problems)

@@ -19,14 +19,20 @@ the ratio is taken from their total times.
 The script first measures the machine's float32 matrix-multiply peak (the best of a few
 2048×2048 products in XLA) and reports each side's achieved GFLOP/s (train FLOPs = 3 × the
 forward pass's multiply-adds × 2, convolutions and classifier, counted from the layer shapes)
-and its fraction of that peak. Peak memory is the growth of the process's resident set (sampled
-every 5 ms) while each side's warm-up steps run: the memory its train step needs beyond the
-weights, optimizer state and batch already resident.
+and its fraction of that peak. Peak memory is the growth of what the process has allocated
+(glibc's ``mallinfo2``, else the resident set; sampled every 5 ms) while each side's warm-up
+steps run: the memory its train step needs beyond the weights, optimizer state and batch.
+
+``--host_memory=retain`` calls ``bagtricks.host_memory.retain_freed_memory()`` first, the
+trainer's ``config.host_memory='retain'``: glibc then keeps freed memory for reuse instead of
+unmapping it, for both sides, since they share the process.
 
 PyTorch (CPU build) is optional: without it only the bagtricks columns are printed.
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import resource
@@ -42,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import models  # noqa: E402
-from bagtricks import optim, precision, steps  # noqa: E402
+from bagtricks import host_memory, optim, precision, steps  # noqa: E402
 from bagtricks.parallel import DataParallel  # noqa: E402
 from bagtricks.state import init_train_state  # noqa: E402
 from bagtricks.tasks import ClassificationTask  # noqa: E402
@@ -53,22 +59,44 @@ DEFAULT_MODELS = ("resnet50d:224:8", "resnet18d:32:128")
 LEARNING_RATE = 0.1
 
 
-class PeakRss:
-  """Samples the process's resident set size in a thread; ``peak`` is the largest seen.
+class _MallInfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+      "fordblks", "keepcost")]
 
-  Used as a context manager around one side's first steps: ``growth`` is then its peak RSS
-  minus the RSS when it started, the memory that side's train step needs beyond what is
-  already resident.
+
+def _glibc_mallinfo2():
+  """glibc's ``mallinfo2`` (2.33+), or None where there is none."""
+  try:
+    mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+  except (OSError, AttributeError):
+    return None
+  mallinfo2.restype = _MallInfo2
+  return mallinfo2
+
+
+class PeakMemory:
+  """Samples the memory the process has allocated, in a thread; ``peak`` is the largest seen.
+
+  Used as a context manager around one side's first steps: ``growth`` is then its peak minus
+  the amount when it started, the memory that side's train step needs beyond what is already
+  allocated. Where glibc has ``mallinfo2`` the amount is the bytes ``malloc`` has handed out
+  (heap and mmap'd blocks; XLA:CPU and PyTorch's CPU tensors both come from ``malloc``), which
+  stays right when freed memory is kept for reuse (``--host_memory=retain``); elsewhere it is
+  the resident set size.
   """
 
   def __init__(self, interval: float = 0.005):
     self.interval = interval
     self.start = self.peak = 0
+    self._mallinfo2 = _glibc_mallinfo2()
     self._done = threading.Event()
     self._thread = threading.Thread(target=self._sample, daemon=True)
 
-  @staticmethod
-  def current() -> int:
+  def current(self) -> int:
+    if self._mallinfo2 is not None:
+      info = self._mallinfo2()
+      return info.uordblks + info.hblkhd
     with open("/proc/self/statm") as f:
       return int(f.read().split()[1]) * resource.getpagesize()
 
@@ -293,9 +321,9 @@ def compare(case: str, args, peak_gflops: float, torch) -> dict:
   start = time.perf_counter()
   ours = BagtricksStep(model, batch)
   compile_seconds = time.perf_counter() - start
-  with PeakRss() as rss:
+  with PeakMemory() as memory:
     ours.run(args.warmup)
-  ours_memory = rss.growth
+  ours_memory = memory.growth
   theirs, theirs_memory = None, None
   if torch is not None:
     variables = {"params": ours.initial_state.params,
@@ -303,9 +331,9 @@ def compare(case: str, args, peak_gflops: float, torch) -> dict:
     net = build_torch_resnet(torch, variables, model.block, model.stage_sizes, small,
                              model.bn_momentum, model.bn_epsilon)
     theirs = TorchStep(torch, net, batch)
-    with PeakRss() as rss:
+    with PeakMemory() as memory:
       theirs.run(args.warmup)
-    theirs_memory = rss.growth
+    theirs_memory = memory.growth
 
   times = {"bagtricks": 0.0, "torch": 0.0}
   for _ in range(args.rounds):
@@ -317,7 +345,7 @@ def compare(case: str, args, peak_gflops: float, torch) -> dict:
       times[side] += time.perf_counter() - start
   timed_steps = args.rounds * args.steps
   row = {"model": name, "image_size": size, "batch_size": batch_size,
-         "conv_algorithm": args.conv_algorithm,
+         "conv_algorithm": args.conv_algorithm, "host_memory": args.host_memory,
          "train_gflop_per_step": flops / 1e9, "compile_seconds": compile_seconds,
          "bagtricks_images_per_second": timed_steps * batch_size / times["bagtricks"],
          "bagtricks_step_seconds": times["bagtricks"] / timed_steps,
@@ -346,8 +374,13 @@ def main():
   parser.add_argument("--steps", type=int, default=2, help="timed steps per side and round")
   parser.add_argument("--conv_algorithm", default="auto", choices=CONV_ALGORITHMS,
                       help="bagtricks' convolution algorithm (models/conv.py)")
+  parser.add_argument("--host_memory", default="system", choices=host_memory.HOST_MEMORY_MODES,
+                      help="'retain': host_memory.retain_freed_memory() for the whole process "
+                      "(both sides) before anything runs")
   parser.add_argument("--json", help="also write the figures to this JSON file")
   args = parser.parse_args()
+  if args.host_memory == "retain":
+    host_memory.retain_freed_memory()
 
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -357,7 +390,8 @@ def main():
   peak = matmul_peak_gflops()
   threads = torch.get_num_threads() if torch is not None else "-"
   print(f"float32 2048² matmul peak: {peak:.0f} GFLOP/s on {jax.devices()[0].device_kind} "
-        f"({os.cpu_count()} CPUs; PyTorch threads: {threads})", flush=True)
+        f"({os.cpu_count()} CPUs; PyTorch threads: {threads}; host memory: {args.host_memory})",
+        flush=True)
 
   results = {}
   for case in args.models.split(","):

@@ -9,7 +9,8 @@ same ``steps.make_train_step`` and ``DataParallel`` the trainer uses, on synthet
 the default SGD/cosine optimizer. Throughput excludes compilation. Every case is also reported
 as a ratio to the fp32 run of the same model measured in this same invocation (the baseline).
 Peak memory is the accelerator's ``peak_bytes_in_use`` when there is one, else the process's
-peak resident set size.
+peak resident set size. ``--host_memory=retain`` runs each case with
+``bagtricks.host_memory.retain_freed_memory()`` (the trainer's ``config.host_memory='retain'``).
 """
 
 import argparse
@@ -25,9 +26,12 @@ DEFAULT_CASES = ("resnet18d:32:128", "resnet50d:224:8")
 
 
 def run_case(model_name: str, image_size: int, batch_size: int, precision_name: str,
-             steps: int, max_seconds: float) -> dict:
+             steps: int, max_seconds: float, host_memory_mode: str = "system") -> dict:
   """Times up to ``steps`` train steps (within ``max_seconds``) of one case in this process."""
   sys.path.insert(0, REPO)
+  from bagtricks import host_memory  # pylint: disable=g-import-not-at-top
+  if host_memory_mode == "retain":
+    host_memory.retain_freed_memory()  # Before JAX starts its CPU client.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -85,6 +89,7 @@ def run_case(model_name: str, image_size: int, batch_size: int, precision_name: 
   return {
       "model": model_name, "image_size": image_size, "batch_size": batch_size,
       "precision": precision_name, "device": device.device_kind, "steps": timed,
+      "host_memory": host_memory_mode,
       "images_per_second": timed * batch_size / seconds,
       "step_ms": 1000 * seconds / timed, "compile_seconds": compile_seconds,
       "peak_memory_mb": peak / 2**20, "peak_memory_kind": peak_kind,
@@ -101,13 +106,15 @@ def main():
   parser.add_argument("--steps", type=int, default=50, help="most timed steps per case")
   parser.add_argument("--max_seconds", type=float, default=60.0,
                       help="stop timing a case after this long (at least 2 steps are timed)")
+  parser.add_argument("--host_memory", default="system", choices=("system", "retain"),
+                      help="'retain': bagtricks.host_memory.retain_freed_memory() in each case")
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
   args = parser.parse_args()
 
   if args.case:
     model, size, batch, prec = args.case.split(":")
     print(json.dumps(run_case(model, int(size), int(batch), prec, args.steps,
-                              args.max_seconds)))
+                              args.max_seconds, args.host_memory)))
     return
 
   rows = []
@@ -116,7 +123,8 @@ def main():
     for prec in args.precisions.split(","):
       out = subprocess.run(
           [sys.executable, __file__, f"--case={model}:{size}:{batch}:{prec}",
-           f"--steps={args.steps}", f"--max_seconds={args.max_seconds}"],
+           f"--steps={args.steps}", f"--max_seconds={args.max_seconds}",
+           f"--host_memory={args.host_memory}"],
           capture_output=True, text=True, check=False)
       if out.returncode:
         sys.exit(f"{case} {prec} failed:\n{out.stderr[-3000:]}")

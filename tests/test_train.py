@@ -199,6 +199,7 @@ def test_corrupt_checkpoint_is_refused_and_kept(reference_run, digits_data_dir, 
     ("batch_size", 12, "config.batch_size=12 does not divide evenly over 8 devices"),
     ("eval_batch_size", 20, "config.eval_batch_size=20 does not divide evenly"),
     ("parallel", "pjit", "config.parallel='pjit' is unknown"),
+    ("host_memory", "keep", "config.host_memory='keep' is unknown"),
     ("model.norm", "layer", "config.model"),
     ("dataset.train_pp", "random_crop(8)", "config.dataset.train_pp"),
 ])

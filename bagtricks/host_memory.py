@@ -42,7 +42,8 @@ _M_MMAP_MAX = -4
 _MAX_TRIM_THRESHOLD = 2**31 - 1
 
 
-def _glibc() -> Optional[ctypes.CDLL]:
+def glibc() -> Optional[ctypes.CDLL]:
+  """The C library as a ctypes handle on Linux with glibc; None elsewhere."""
   if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
     return None
   return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -63,7 +64,7 @@ def retain_freed_memory() -> bool:
                     "dispatch stays asynchronous; call it before the first JAX computation.")
   else:
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-  libc = _glibc()
+  libc = glibc()
   if libc is None:
     return False
   return (libc.mallopt(_M_MMAP_MAX, 0) == 1

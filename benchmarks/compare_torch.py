@@ -32,7 +32,6 @@ PyTorch (CPU build) is optional: without it only the bagtricks columns are print
 
 import argparse
 import ctypes
-import ctypes.util
 import json
 import os
 import resource
@@ -67,11 +66,9 @@ class _MallInfo2(ctypes.Structure):
 
 def _glibc_mallinfo2():
   """glibc's ``mallinfo2`` (2.33+), or None where there is none."""
-  try:
-    mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-  except (OSError, AttributeError):
-    return None
-  mallinfo2.restype = _MallInfo2
+  mallinfo2 = getattr(host_memory.glibc(), "mallinfo2", None)
+  if mallinfo2 is not None:
+    mallinfo2.restype = _MallInfo2
   return mallinfo2
 
 

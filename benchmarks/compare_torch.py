@@ -23,9 +23,13 @@ and its fraction of that peak. Peak memory is the growth of what the process has
 (glibc's ``mallinfo2``, else the resident set; sampled every 5 ms) while each side's warm-up
 steps run: the memory its train step needs beyond the weights, optimizer state and batch.
 
-``--host_memory=retain`` calls ``bagtricks.host_memory.retain_freed_memory()`` first, the
-trainer's ``config.host_memory='retain'``: glibc then keeps freed memory for reuse instead of
-unmapping it, for both sides, since they share the process.
+Host memory is ``retain`` by default: ``bagtricks.host_memory.retain_freed_memory()`` runs
+first (the trainer's ``config.host_memory='retain'``), so glibc keeps freed memory for reuse
+instead of unmapping it, for both sides, since they share the process. Under glibc's defaults
+(``--host_memory=system``) every step page-faults its working set back in: XLA's single step
+buffer of over 1 GB for the ResNet-50-D case, and PyTorch's 32 MiB activations of the
+ResNet-18-D case, which sit just above glibc's largest mmap threshold. Those faults are the
+allocator's, not the train step's; ``system`` times them too.
 
 PyTorch (CPU build) is optional: without it only the bagtricks columns are printed.
 """
@@ -52,6 +56,7 @@ from bagtricks.parallel import DataParallel  # noqa: E402
 from bagtricks.state import init_train_state  # noqa: E402
 from bagtricks.tasks import ClassificationTask  # noqa: E402
 from configs import default  # noqa: E402
+from models import conv, onednn_conv  # noqa: E402
 from models.conv import CONV_ALGORITHMS  # noqa: E402
 
 DEFAULT_MODELS = ("resnet50d:224:8", "resnet18d:32:128")
@@ -342,7 +347,8 @@ def compare(case: str, args, peak_gflops: float, torch) -> dict:
       times[side] += time.perf_counter() - start
   timed_steps = args.rounds * args.steps
   row = {"model": name, "image_size": size, "batch_size": batch_size,
-         "conv_algorithm": args.conv_algorithm, "host_memory": args.host_memory,
+         "conv_algorithm": conv.resolve_algorithm(args.conv_algorithm),
+         "onednn": onednn_conv.version(), "host_memory": args.host_memory,
          "train_gflop_per_step": flops / 1e9, "compile_seconds": compile_seconds,
          "bagtricks_images_per_second": timed_steps * batch_size / times["bagtricks"],
          "bagtricks_step_seconds": times["bagtricks"] / timed_steps,
@@ -371,7 +377,7 @@ def main():
   parser.add_argument("--steps", type=int, default=2, help="timed steps per side and round")
   parser.add_argument("--conv_algorithm", default="auto", choices=CONV_ALGORITHMS,
                       help="bagtricks' convolution algorithm (models/conv.py)")
-  parser.add_argument("--host_memory", default="system", choices=host_memory.HOST_MEMORY_MODES,
+  parser.add_argument("--host_memory", default="retain", choices=host_memory.HOST_MEMORY_MODES,
                       help="'retain': host_memory.retain_freed_memory() for the whole process "
                       "(both sides) before anything runs")
   parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -387,8 +393,9 @@ def main():
   peak = matmul_peak_gflops()
   threads = torch.get_num_threads() if torch is not None else "-"
   print(f"float32 2048² matmul peak: {peak:.0f} GFLOP/s on {jax.devices()[0].device_kind} "
-        f"({os.cpu_count()} CPUs; PyTorch threads: {threads}; host memory: {args.host_memory})",
-        flush=True)
+        f"({os.cpu_count()} CPUs; PyTorch threads: {threads}; host memory: {args.host_memory}; "
+        f"bagtricks convolutions: {conv.resolve_algorithm(args.conv_algorithm)}"
+        f"{', oneDNN ' + onednn_conv.version() if onednn_conv.available() else ''})", flush=True)
 
   results = {}
   for case in args.models.split(","):

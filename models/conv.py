@@ -24,7 +24,13 @@ reformulations fix that without changing the result beyond float rounding:
   also run per block (10-30 % faster). (The blocks are unrolled: inside a loop XLA:CPU falls
   back to a slow convolution emitter.)
 
-Both are chosen by `conv_general_dilated(..., algorithm='auto')` on the CPU backend only: 1×1
+Faster still are oneDNN's convolution kernels, which `models/onednn_conv.py` runs inside the
+jitted program as XLA FFI calls (all three passes of float32, ungrouped convolutions at
+430-620 GFLOP/s on a 2-core AVX-512 machine, against 200-400 for XLA's): with its extension
+built, `algorithm='onednn'` (and 'auto' on CPU) uses them in place of both reformulations
+above where `onednn_conv.supports` the convolution, and the reformulations elsewhere.
+
+These are chosen by `conv_general_dilated(..., algorithm='auto')` on the CPU backend only: 1×1
 convolutions with inputs of at least 256 KiB, k×k ones of at least 1 MiB (smaller ones keep
 XLA's program: the 8×8 digits job of configs/default.py ran no faster); on GPU and TPU `auto`
 is XLA's native convolution (cuDNN / the TPU's convolution units), as is `algorithm='native'`
@@ -40,9 +46,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# 'auto': 'blocked' on the CPU backend, 'native' elsewhere; 'native': lax.conv_general_dilated;
-# 'blocked': 1×1 convolutions as matrix products, k×k weight gradients per block of images.
-CONV_ALGORITHMS = ('auto', 'native', 'blocked')
+from models import onednn_conv
+
+# 'auto': 'onednn' on the CPU backend where its extension is built, else 'blocked' there, and
+# 'native' elsewhere; 'native': lax.conv_general_dilated; 'blocked': 1×1 convolutions as matrix
+# products, k×k weight gradients per block of images; 'onednn': 'blocked' with oneDNN's k×k
+# convolutions (models/onednn_conv.py) in its place where they apply.
+CONV_ALGORITHMS = ('auto', 'native', 'blocked', 'onednn')
 
 # Bytes of one block's input plus output gradient that keep XLA:CPU's weight-gradient kernel
 # in cache.
@@ -70,18 +80,24 @@ def resolve_algorithm(algorithm: str, backend: Optional[str] = None) -> str:
     backend: 'cpu', 'gpu', 'tpu', ...; None: `jax.default_backend()`.
 
   Returns:
-    'native' or 'blocked'.
+    'native', 'blocked' or 'onednn'. 'onednn' is a CPU algorithm: elsewhere it is 'native'.
 
   Raises:
-    ValueError: If `algorithm` is not one of `CONV_ALGORITHMS`.
+    ValueError: If `algorithm` is not one of `CONV_ALGORITHMS`, or is 'onednn' on the CPU
+      backend without its extension (`onednn_conv.unavailable_reason()`).
   """
   if algorithm not in CONV_ALGORITHMS:
     raise ValueError(f'Invalid conv_algorithm={algorithm!r}; allowed values are '
                      f'{", ".join(repr(a) for a in CONV_ALGORITHMS)}.')
-  if algorithm != 'auto':
+  if algorithm in ('native', 'blocked'):
     return algorithm
   backend = jax.default_backend() if backend is None else backend
-  return 'blocked' if backend == 'cpu' else 'native'
+  if backend != 'cpu':
+    return 'native'
+  if algorithm == 'onednn' and not onednn_conv.available():
+    raise ValueError(f"conv_algorithm='onednn' is unavailable: "
+                     f"{onednn_conv.unavailable_reason()}; use 'auto' or 'blocked'.")
+  return 'onednn' if onednn_conv.available() else 'blocked'
 
 
 def weight_gradient_block(batch_size: int, image_bytes: int, kernel_bytes: int) -> int:
@@ -259,7 +275,9 @@ def conv_general_dilated(lhs: jnp.ndarray,
   `_MIN_MATMUL_BYTES` (256 KiB) are matrix products (`_pointwise_conv`); the rest, when their
   input is at least `_BLOCK_BYTES` (1 MiB), run XLA's convolution, its input gradient and its
   weight gradient per block of images (`weight_gradient_block`), or are XLA's convolution
-  where the whole batch is one block.
+  where the whole batch is one block. 'onednn' is 'blocked' with `onednn_conv.conv2d` for
+  those of them that `onednn_conv.supports` (without `precision` or
+  `preferred_element_type`).
   Anything else, and 'native', is `lax.conv_general_dilated` itself.
 
   Args:
@@ -284,7 +302,8 @@ def conv_general_dilated(lhs: jnp.ndarray,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, batch_group_count=batch_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
-  if resolve_algorithm(algorithm) == 'native':
+  resolved = resolve_algorithm(algorithm)
+  if resolved == 'native':
     return native()
   dimension_numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   strides = tuple(window_strides)
@@ -297,6 +316,9 @@ def conv_general_dilated(lhs: jnp.ndarray,
   if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
     if input_bytes < _MIN_MATMUL_BYTES:
       return native()
+    if (resolved == 'onednn' and precision is None and preferred_element_type is None
+        and onednn_conv.supports(lhs, rhs, strides, feature_group_count, padding)):
+      return onednn_conv.conv2d(lhs, rhs, strides, padding)
     return _pointwise_conv(lhs, rhs, strides, feature_group_count, precision,
                            preferred_element_type)
   if input_bytes < _BLOCK_BYTES:
@@ -304,6 +326,9 @@ def conv_general_dilated(lhs: jnp.ndarray,
     return native()
   if precision is not None or preferred_element_type is not None:
     return native()
+  if (resolved == 'onednn'
+      and onednn_conv.supports(lhs, rhs, strides, feature_group_count, padding)):
+    return onednn_conv.conv2d(lhs, rhs, strides, padding)
   out_size = [(size + lo + hi - k) // stride + 1 for size, (lo, hi), k, stride
               in zip(lhs.shape[1:3], padding, rhs.shape[:2], strides)]
   block = _block_size(lhs, lhs.shape[0] * out_size[0] * out_size[1] * rhs.shape[3], rhs)

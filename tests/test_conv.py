@@ -13,6 +13,7 @@ from jax.sharding import Mesh, PartitionSpec
 import models
 from conftest import jaxpr_primitives
 from models import conv
+from models import onednn_conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -166,6 +167,8 @@ def test_low_precision_compute(dtype, small_blocks):
 
 
 def test_automatic_choice_per_backend(monkeypatch):
+  # On CPU, 'onednn' where its extension is built (tests/test_onednn_conv.py), else 'blocked'.
+  monkeypatch.setattr(onednn_conv, "_load", lambda: (None, "not built"))
   assert conv.resolve_algorithm("auto", backend="cpu") == "blocked"
   assert conv.resolve_algorithm("auto", backend="gpu") == "native"
   assert conv.resolve_algorithm("auto", backend="tpu") == "native"
@@ -243,7 +246,7 @@ def test_gradients_across_devices(backend, small_blocks):
 
 def test_train_step_equal_with_and_without(monkeypatch):
   """One train step of a ResNet-18-D (small stem, 3×3 convolutions) and a ResNet-50-D (stem max
-  pool, 1×1 bottleneck convolutions): blocked and native give the same state."""
+  pool, 1×1 bottleneck convolutions): blocked, oneDNN and native give the same state."""
   # Blocks of two of the four images in every weight gradient.
   monkeypatch.setattr(conv, "_MAX_BLOCKS", 2)
   monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)
@@ -264,7 +267,9 @@ def test_train_step_equal_with_and_without(monkeypatch):
     batch = {"image": rng.normal(size=(4, size, size, 3)).astype(np.float32),
              "label": rng.integers(0, 10, size=(4,)).astype(np.int32)}
     states = {}
-    for algorithm in ("blocked", "native"):
+    algorithms = ("blocked", "onednn", "native") if onednn_conv.available() else ("blocked",
+                                                                                  "native")
+    for algorithm in algorithms:
       model = models.create_model(name, num_classes=10, width_multiplier=0.125,
                                   small_stem=small_stem, axis_name=AXIS_NAME,
                                   conv_algorithm=algorithm)
@@ -274,8 +279,11 @@ def test_train_step_equal_with_and_without(monkeypatch):
       new_state, _ = step(dp.replicate(state), dp.shard_batch({k: v[None] for k, v in
                                                               batch.items()}))
       states[algorithm] = dp.unreplicate(new_state)
+    reference = jax.tree_util.tree_leaves(states["native"].params)
+    for algorithm in algorithms[:-1]:
+      for a, b in zip(jax.tree_util.tree_leaves(states[algorithm].params), reference):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5,
+                                   err_msg=algorithm)
     leaves = [jax.tree_util.tree_leaves(states[a].params) for a in ("blocked", "native")]
-    for a, b in zip(*leaves):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     assert not np.allclose(np.asarray(leaves[0][0]),
                            np.asarray(jax.tree_util.tree_leaves(state.params)[0]))

@@ -52,11 +52,12 @@ class BuildExtensions(build_ext.build_ext):
     jaxlib = importlib.util.find_spec("jaxlib")
     header = _distribution_file(ONEDNN_DEVEL.split("==")[0], "include/oneapi/dnnl/dnnl.hpp")
     library = _distribution_file(ONEDNN.split("==")[0], "/libdnnl.so.3")
-    if jaxlib is None or header is None or library is None:
+    missing = [name for name, found in (("jaxlib", jaxlib), (ONEDNN_DEVEL, header),
+                                        (ONEDNN, library)) if found is None]
+    if missing:
       # The extension is optional: without it models/conv.py uses XLA's convolutions.
-      print(f"Not building the oneDNN convolutions: jaxlib, {ONEDNN_DEVEL} and {ONEDNN} "
-            f"are needed in the build environment (found: {jaxlib is not None}, {header}, "
-            f"{library}).")
+      print(f"Not building the oneDNN convolutions (models/onednn_conv.py), missing from the "
+            f"build environment: {', '.join(missing)}.")
       return
     include_dirs = [os.path.join(jaxlib.submodule_search_locations[0], "include"),
                     os.path.dirname(os.path.dirname(os.path.dirname(header)))]

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from models import onednn_conv
+import models.onednn_conv as onednn_conv
 
 # 'auto': 'onednn' on the CPU backend where its extension is built, else 'blocked' there, and
 # 'native' elsewhere; 'native': lax.conv_general_dilated; 'blocked': 1×1 convolutions as matrix

@@ -72,6 +72,13 @@ _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
 
 
+def check_algorithm(algorithm: str) -> None:
+  """Raises a ValueError naming the allowed values unless `algorithm` is in `CONV_ALGORITHMS`."""
+  if algorithm not in CONV_ALGORITHMS:
+    raise ValueError(f'Invalid conv_algorithm={algorithm!r}; allowed values are '
+                     f'{", ".join(repr(a) for a in CONV_ALGORITHMS)}.')
+
+
 def resolve_algorithm(algorithm: str, backend: Optional[str] = None) -> str:
   """The concrete algorithm of `algorithm` on `backend`.
 
@@ -86,9 +93,7 @@ def resolve_algorithm(algorithm: str, backend: Optional[str] = None) -> str:
     ValueError: If `algorithm` is not one of `CONV_ALGORITHMS`, or is 'onednn' on the CPU
       backend without its extension (`onednn_conv.unavailable_reason()`).
   """
-  if algorithm not in CONV_ALGORITHMS:
-    raise ValueError(f'Invalid conv_algorithm={algorithm!r}; allowed values are '
-                     f'{", ".join(repr(a) for a in CONV_ALGORITHMS)}.')
+  check_algorithm(algorithm)
   if algorithm in ('native', 'blocked'):
     return algorithm
   backend = jax.default_backend() if backend is None else backend
@@ -350,7 +355,9 @@ class Conv(nn.Conv):
   algorithm: str = 'auto'
 
   def __post_init__(self):
-    resolve_algorithm(self.algorithm, backend='cpu')  # Validates the name before tracing.
+    # The name is checked here; whether 'onednn' is available, when the step is traced (on a
+    # GPU or TPU nothing needs the extension loaded).
+    check_algorithm(self.algorithm)
     if self.conv_general_dilated is None and self.conv_general_dilated_cls is None:
       object.__setattr__(self, 'conv_general_dilated',
                          functools.partial(conv_general_dilated, algorithm=self.algorithm))

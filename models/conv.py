@@ -318,22 +318,18 @@ def conv_general_dilated(lhs: jnp.ndarray,
     return native()
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   input_bytes = lhs.size * lhs.dtype.itemsize
-  if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
-    if input_bytes < _MIN_MATMUL_BYTES:
-      return native()
-    if (resolved == 'onednn' and precision is None and preferred_element_type is None
-        and onednn_conv.supports(lhs, rhs, strides, feature_group_count, padding)):
-      return onednn_conv.conv2d(lhs, rhs, strides, padding)
-    return _pointwise_conv(lhs, rhs, strides, feature_group_count, precision,
-                           preferred_element_type)
-  if input_bytes < _BLOCK_BYTES:
+  pointwise = rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0))
+  if input_bytes < (_MIN_MATMUL_BYTES if pointwise else _BLOCK_BYTES):
     # Too small to gain anything: keep XLA's program as it is (e.g. the 8×8 digits job).
     return native()
-  if precision is not None or preferred_element_type is not None:
-    return native()
-  if (resolved == 'onednn'
+  if (resolved == 'onednn' and precision is None and preferred_element_type is None
       and onednn_conv.supports(lhs, rhs, strides, feature_group_count, padding)):
     return onednn_conv.conv2d(lhs, rhs, strides, padding)
+  if pointwise:
+    return _pointwise_conv(lhs, rhs, strides, feature_group_count, precision,
+                           preferred_element_type)
+  if precision is not None or preferred_element_type is not None:
+    return native()
   out_size = [(size + lo + hi - k) // stride + 1 for size, (lo, hi), k, stride
               in zip(lhs.shape[1:3], padding, rhs.shape[:2], strides)]
   block = _block_size(lhs, lhs.shape[0] * out_size[0] * out_size[1] * rhs.shape[3], rhs)

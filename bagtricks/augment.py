@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from bagtricks import config_fields
 
 
 def mixup(rng: jax.Array, images: jnp.ndarray, targets: jnp.ndarray,
@@ -354,3 +356,51 @@ def batch_augment_from_config(augment_config, steps_per_epoch: int,
       gridmask_d_max=int(c.gridmask.d_max),
       gridmask_ratio=float(c.gridmask.ratio),
       gridmask_max_rotation=int(c.gridmask.max_rotation))
+
+
+def _augment_problems(config) -> List[str]:
+  problems: List[str] = []
+  for field in ("augment.mixup_alpha", "augment.cutmix_alpha", "augment.mix_off_epochs",
+                "augment.gridmask.ramp_epochs"):
+    problems += config_fields.non_negative(config, field, " (0 = off)")
+  for field in ("augment.cutmix_prob", "augment.gridmask.prob"):
+    problems += config_fields.in_range(config, field, 0.0, 1.0)
+  augment = config.augment
+  if augment.mix_off_epochs and augment.mix_off_epochs >= config.num_epochs:
+    problems.append(f"config.augment.mix_off_epochs={augment.mix_off_epochs} must be below "
+                    f"config.num_epochs={config.num_epochs}.")
+  cutout = augment.cutout
+  if not isinstance(cutout.num_holes, int) or cutout.num_holes < 0:
+    problems.append(f"config.augment.cutout.num_holes={cutout.num_holes!r} must be an integer "
+                    ">= 0 (0 = off).")
+  elif cutout.num_holes:
+    problems += config_fields.positive(config, "augment.cutout.size", integer=True)
+  grid = augment.gridmask
+  if isinstance(grid.prob, (int, float)) and grid.prob > 0:
+    if not (isinstance(grid.d_min, int) and isinstance(grid.d_max, int)
+            and 1 <= grid.d_min < grid.d_max):
+      problems.append(f"config.augment.gridmask.d_min={grid.d_min!r} and d_max={grid.d_max!r} "
+                      "must be integers with 1 <= d_min < d_max (d is drawn from "
+                      "[d_min, d_max)).")
+    problems += config_fields.in_range(config, "augment.gridmask.ratio", 0.0, 1.0,
+                                       high_inclusive=False)
+    if not isinstance(grid.max_rotation, int) or grid.max_rotation < 0:
+      problems.append(f"config.augment.gridmask.max_rotation={grid.max_rotation!r} must be an "
+                      "integer >= 0 (degrees).")
+  return problems
+
+
+# The fields `batch_augment_from_config` reads: everything off by default.
+AUGMENT_FIELDS = config_fields.ConfigFields(
+    "augment",
+    defaults={"augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0,
+              "augment.cutmix_prob": 0.5, "augment.mix_off_epochs": 0.0,
+              "augment.cutout.num_holes": 0, "augment.cutout.size": 4,
+              "augment.gridmask.prob": 0.0, "augment.gridmask.ramp_epochs": 0.0,
+              "augment.gridmask.d_min": 3, "augment.gridmask.d_max": 8,
+              "augment.gridmask.ratio": 0.6, "augment.gridmask.max_rotation": 0},
+    check=_augment_problems)
+
+# The image augmentations `AUGMENT_FIELDS` can turn on (a task without images refuses them).
+ACTIVE_FIELDS = ("augment.mixup_alpha", "augment.cutmix_alpha", "augment.cutout.num_holes",
+                 "augment.gridmask.prob")

@@ -12,17 +12,23 @@ optimizer or precision, or damaged files) stops the run with an error and is nev
 
 from __future__ import annotations
 
-import os
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bagtricks import config_fields, paths
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint exists but does not fit the current run."""
+
+
+def has_checkpoint(directory: str) -> bool:
+  """Whether ``directory`` (local or remote) holds a finished, step-numbered checkpoint."""
+  return paths.isdir(directory) and any(d.isdigit() for d in paths.listdir(directory))
 
 
 def _to_host_tree(state: Any) -> Any:
@@ -71,7 +77,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, save_every_steps: int = 1, max_to_keep: int = 1,
                read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.absolute(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -168,7 +174,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    where = os.path.join(self.directory, str(step))
+    where = paths.join(self.directory, str(step))
     try:
       return where, self._manager.restore(step, args=ocp.args.StandardRestore())
     except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
@@ -192,3 +198,14 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _checkpoint_problems(config) -> List[str]:
+  return (config_fields.positive(config, "checkpoint_every_steps", integer=True)
+          + config_fields.positive(config, "keep_checkpoints", integer=True))
+
+
+# How often the loop saves (and at the end and on SIGTERM), and how many it keeps.
+CHECKPOINT_FIELDS = config_fields.ConfigFields(
+    "checkpoint", defaults={"checkpoint_every_steps": 1000, "keep_checkpoints": 2},
+    check=_checkpoint_problems)

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import json
 import logging as pylogging
 import os
 import sys
 import tempfile
-import time
 import warnings
 from typing import Any, Callable, List, Optional, Sequence
-
-import numpy as np
 
 USAGE_ERROR = 2
 # Python packages whose INFO lines are the run's own.
@@ -226,40 +222,3 @@ def run_reporting_errors(fn: Callable[..., Any], *args, usage_errors: tuple = ()
   except train.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(PREEMPTED)
-
-
-def mean_std(values: Sequence[Optional[float]], scale: float = 1.0) -> str:
-  """A study table's cell: ``mean ± std`` of ``values`` × ``scale`` over seeds, 2 decimals.
-
-  One value is shown alone; ``None`` entries (runs that do not apply) are left out, and a cell
-  with none left is ``–``.
-  """
-  kept = [scale * v for v in values if v is not None]
-  if not kept:
-    return "–"
-  if len(kept) == 1:
-    return f"{kept[0]:.2f}"
-  return f"{np.mean(kept):.2f} ± {np.std(kept):.2f}"
-
-
-def write_study_outputs(workdir: str, name: str, table: str, results: Any, started: float,
-                        plot: Optional[Callable[[Any, str], None]] = None,
-                        picture: Optional[str] = None) -> None:
-  """Writes a study command's results into ``workdir`` and says so.
-
-  ``<name>.md`` holds the markdown ``table``, ``<name>.json`` the ``results`` and, with
-  ``plot``, ``plot(results, path)`` draws ``picture`` (default ``<name>.png``). The table is
-  printed, then the files written and the seconds since ``started``.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  written = [f"{name}.md", f"{name}.json"]
-  with open(os.path.join(workdir, written[0]), "w") as f:
-    f.write(table)
-  with open(os.path.join(workdir, written[1]), "w") as f:
-    json.dump(results, f, indent=2)
-  if plot is not None:
-    written.append(picture or f"{name}.png")
-    plot(results, os.path.join(workdir, written[-1]))
-  print(table)
-  print(f"Wrote {', '.join(os.path.join(workdir, w) for w in written)} in "
-        f"{time.time() - started:.0f} s.", flush=True)

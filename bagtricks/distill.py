@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from typing import Any, List
+from typing import Any, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ import ml_collections
 from jax import lax
 
 import models
-from bagtricks import checkpoint, tasks
+from bagtricks import checkpoint, config_fields, paths, tasks
 from bagtricks.steps import StepHook, float32_outputs, model_variables
 from bagtricks.tasks.base import model_inputs
 
@@ -40,8 +40,8 @@ def teacher_config(distill_config) -> ml_collections.ConfigDict:
   """The config the teacher was trained with (see the module docstring)."""
   if distill_config.teacher_config:
     return _load_config_file(distill_config.teacher_config)
-  with open(os.path.join(distill_config.teacher_workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(
+      paths.read_text(paths.join(distill_config.teacher_workdir, "config.json"))))
 
 
 def config_problems(config) -> List[str]:
@@ -62,8 +62,7 @@ def config_problems(config) -> List[str]:
     problems.append("config.distill.teacher_workdir is empty: name the workdir of a trained "
                     "teacher run.")
     return problems
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
+  if not checkpoint.has_checkpoint(paths.join(workdir, "checkpoints")):
     problems.append(f"config.distill.teacher_workdir={workdir!r} holds no checkpoint: "
                     + train_hint)
   if distill.teacher_config:
@@ -72,7 +71,7 @@ def config_problems(config) -> List[str]:
                       "name the teacher's config file, or leave it empty to use "
                       "config.json in config.distill.teacher_workdir.")
       return problems
-  elif not os.path.isfile(os.path.join(workdir, "config.json")):
+  elif not paths.exists(paths.join(workdir, "config.json")):
     problems.append(f"config.distill.teacher_workdir={workdir!r} has no config.json; set "
                     "config.distill.teacher_config to the teacher's config file.")
     return problems
@@ -122,13 +121,16 @@ class TeacherHook(StepHook):
     return {**batch, "teacher_logits": lax.stop_gradient(logits)}
 
 
-def load_teacher(distill_config, dataset_info, dtype: Any = jnp.float32) -> TeacherHook:
+def load_teacher(distill_config, dataset_info, dtype: Any = jnp.float32,
+                 config: Optional[ml_collections.ConfigDict] = None) -> TeacherHook:
   """Builds the teacher model and its task and restores its weights and task state.
 
   Args:
     distill_config: ``config.distill``.
     dataset_info: the student's dataset (the teacher's head must match its classes).
     dtype: compute dtype for the teacher's forward pass.
+    config: the teacher's config with its defaults (``validate.complete_config``); default
+      ``teacher_config(distill_config)`` as it is.
 
   Returns:
     The ``TeacherHook``.
@@ -136,7 +138,7 @@ def load_teacher(distill_config, dataset_info, dtype: Any = jnp.float32) -> Teac
   Raises:
     checkpoint.CheckpointError: the teacher's checkpoint does not fit its model.
   """
-  config = teacher_config(distill_config)
+  config = teacher_config(distill_config) if config is None else config
   task = tasks.create_task(config, dataset_info)
   model = models.create_model_from_config(config, dataset_info, num_outputs=task.num_outputs,
                                           dtype=dtype)
@@ -146,7 +148,7 @@ def load_teacher(distill_config, dataset_info, dtype: Any = jnp.float32) -> Teac
       lambda: {**model.init(jax.random.PRNGKey(0), *args, train=False, **kwargs),
                "task_state": task.init_state(jax.random.PRNGKey(0), example)})
   reader = checkpoint.Checkpointer(
-      os.path.join(distill_config.teacher_workdir, "checkpoints"), read_only=True)
+      paths.join(distill_config.teacher_workdir, "checkpoints"), read_only=True)
   try:
     restored = reader.restore_variables(dict(template))
   finally:
@@ -154,3 +156,12 @@ def load_teacher(distill_config, dataset_info, dtype: Any = jnp.float32) -> Teac
   variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {}),
                "task_state": restored.get("task_state", {})}
   return TeacherHook(model, task, dtype, variables)
+
+
+# Knowledge distillation from a trained run: off by default.
+DISTILL_FIELDS = config_fields.ConfigFields(
+    "distill",
+    defaults={"distill.enabled": False, "distill.teacher_workdir": "",
+              "distill.teacher_config": "", "distill.temperature": 20.0,
+              "distill.soft_weight": 0.5},
+    check=config_problems)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import jax
 import numpy as np
+
+from bagtricks import config_fields
 
 
 class Diverged(RuntimeError):
@@ -39,9 +41,8 @@ class DivergenceGuard:
     self.config = config
     self.loss_scaling = loss_scaling
     self.min_scale = min_scale
-    settings = config.get("divergence") or {}
-    self.window = int(settings.get("window_steps", 100))
-    self.max_fraction = float(settings.get("max_skipped_fraction", 0.5))
+    self.window = int(config.divergence.window_steps)
+    self.max_fraction = float(config.divergence.max_skipped_fraction)
     self._skipped = collections.deque(maxlen=self.window + 1)  # cumulative counts
 
   def _advice(self) -> str:
@@ -93,3 +94,15 @@ def check_finite_state(state: Any, step: int, latest_checkpoint=None) -> None:
                      f"non-finite values, so it is not saved; {where}. Try a lower "
                      "--config.optimizer.base_lr or gradient clipping "
                      "(--config.optimizer.grad_clip_norm=1.0).")
+
+
+def _divergence_problems(config) -> List[str]:
+  return (config_fields.positive(config, "divergence.window_steps", integer=True)
+          + config_fields.in_range(config, "divergence.max_skipped_fraction", 0.0, 1.0))
+
+
+# The thresholds of `DivergenceGuard`.
+DIVERGENCE_FIELDS = config_fields.ConfigFields(
+    "divergence",
+    defaults={"divergence.window_steps": 100, "divergence.max_skipped_fraction": 0.5},
+    check=_divergence_problems)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -36,7 +35,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from bagtricks import checkpoint, optim
+from bagtricks import checkpoint, config_fields, optim, paths
 
 COLLECTIONS = ("params", "batch_stats")
 
@@ -45,24 +44,19 @@ class InitFromError(checkpoint.CheckpointError):
   """``config.init_from`` names no checkpoint, or its variables do not fit the model."""
 
 
-def has_checkpoint(directory: str) -> bool:
-  """Whether ``directory`` holds a finished (step-numbered) Orbax checkpoint."""
-  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
-
-
 def resolve(path: str) -> Tuple[str, Optional[int]]:
   """Where ``config.init_from`` points: ``(checkpoints directory, step or None for latest)``.
 
   Raises:
     InitFromError: no checkpoint there.
   """
-  full = os.path.abspath(os.path.expanduser(path))
-  if has_checkpoint(os.path.join(full, "checkpoints")):
-    return os.path.join(full, "checkpoints"), None
-  if has_checkpoint(full):
+  full = paths.absolute(path)
+  if checkpoint.has_checkpoint(paths.join(full, "checkpoints")):
+    return paths.join(full, "checkpoints"), None
+  if checkpoint.has_checkpoint(full):
     return full, None
-  parent, leaf = os.path.split(full)
-  if leaf.isdigit() and os.path.isdir(full):
+  parent, leaf = str(paths.path(full).parent), paths.path(full).name
+  if leaf.isdigit() and paths.isdir(full):
     return parent, int(leaf)
   raise InitFromError(
       f"config.init_from={path!r} holds no checkpoint: give a finished run's workdir (its "
@@ -223,18 +217,17 @@ def log_plan(plan: InitPlan, workdir: Optional[str] = None) -> None:
     if names:
       logging.info("init_from %s: %s", label, ", ".join(names))
   if workdir is not None:
-    with open(os.path.join(workdir, "init_from.json"), "w") as f:
-      json.dump(plan.report(), f, indent=1)
+    paths.write_text(paths.join(workdir, "init_from.json"), json.dumps(plan.report(), indent=1))
 
 
 def config_problems(config) -> List[str]:
   """Problems of ``config.init_from`` and ``config.init_reinit`` found without reading."""
   problems = []
-  init_from = config.get("init_from", "")
+  init_from = config.init_from
   if not isinstance(init_from, str):
     problems.append(f"config.init_from={init_from!r} must be a path (a run's workdir or a "
                     "checkpoint directory) or '' (train from scratch).")
-  pattern = config.get("init_reinit", "")
+  pattern = config.init_reinit
   if not isinstance(pattern, str):
     problems.append(f"config.init_reinit={pattern!r} must be a regular expression or ''.")
   else:
@@ -246,3 +239,8 @@ def config_problems(config) -> List[str]:
     problems.append(f"config.init_reinit={pattern!r} needs config.init_from (the checkpoint "
                     "to start from); set both, or neither.")
   return problems
+
+
+# Fine-tuning from another run's weights: from scratch by default.
+FINETUNE_FIELDS = config_fields.ConfigFields(
+    "init_from", defaults={"init_from": "", "init_reinit": ""}, check=config_problems)

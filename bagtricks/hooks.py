@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import jax.numpy as jnp
 
 from bagtricks import augment as augment_lib
+from bagtricks import config_fields
 from bagtricks import optim
 from bagtricks.steps import StepHook
 
@@ -80,6 +81,18 @@ class ReportSchedule(StepHook):
 
   def metrics(self, step):
     return {self.name: jnp.asarray(self.schedule(step), jnp.float32)}
+
+
+def _ema_problems(config) -> List[str]:
+  if isinstance(config.ema.decay, (int, float)) and 0.0 <= config.ema.decay < 1.0:
+    return []
+  return [f"config.ema.decay={config.ema.decay!r} must be in [0, 1) (0 = no EMA; e.g. 0.9999 "
+          "for runs of 100+ epochs)."]
+
+
+# The weight EMA of `WeightEMA`, evaluated beside the weights: off by default.
+EMA_FIELDS = config_fields.ConfigFields(
+    "ema", defaults={"ema.decay": 0.0, "ema.warmup": True}, check=_ema_problems)
 
 
 def build_step_hooks(config, task, model_step_kwargs: Dict[str, Schedule],

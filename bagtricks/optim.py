@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bagtricks import config_fields
+
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")
 SCHEDULES = ("cosine", "step", "constant", "noam")
 
@@ -187,14 +189,14 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def schedule_multiplier(config) -> float:
-  """``config.schedule_multiplier`` (1 when the config has none).
+  """``config.schedule_multiplier`` (1 by default).
 
   "Rethinking ImageNet Pre-training" (He, Girshick & Dollár 2018, §4–5) trains from scratch
   with the fine-tuning schedule stretched by k (their 2×, 3×, 6×): every epoch count of the
   schedule — warm-up, decay boundaries, the total — is multiplied by k, so a 3× cosine run is
   the 1× curve drawn three times as long.
   """
-  return float(config.get("schedule_multiplier", 1.0))
+  return float(config.schedule_multiplier)
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -229,10 +231,10 @@ def build_schedule(config, steps_per_epoch: int, global_batch_size: int) -> opta
   if name == "noam":
     return noam_schedule(config.schedule.model_dim,
                          int(round(config.schedule.warmup_steps * stretch)),
-                         config.schedule.get("scale", 1.0))
+                         config.schedule.scale)
   if name == "cosine":
     return warmup_cosine_schedule(lr, warmup_steps, total_steps(config, steps_per_epoch),
-                                  final_lr=config.schedule.get("final_lr", 0.0))
+                                  final_lr=config.schedule.final_lr)
   if name == "step":
     boundaries = [int(round(e * stretch * steps_per_epoch)) for e in config.schedule.decay_epochs]
     return warmup_step_schedule(lr, warmup_steps, boundaries, config.schedule.decay_factor)
@@ -258,7 +260,7 @@ def param_groups_from_config(config) -> List[Tuple[str, str, float]]:
   it matches, or else to the group ``'default'`` (multiplier 1). A multiplier of 0 freezes the
   group (``optax.set_to_zero``: no update, no weight decay, no optimizer state).
   """
-  groups = config.optimizer.get("param_groups", ()) or ()
+  groups = config.optimizer.param_groups or ()
   return [(str(g[0]), str(g[1]), float(g[2])) for g in groups]
 
 
@@ -268,7 +270,7 @@ def param_group_problems(config) -> List[str]:
   Whether each pattern matches some parameter is known only with the model's parameters:
   ``unmatched_param_groups``.
   """
-  groups = config.optimizer.get("param_groups", ()) or ()
+  groups = config.optimizer.param_groups or ()
   field = "config.optimizer.param_groups"
   example = "e.g. (('backbone', '^(stem|stage)', 0.1), ('head', '^head/', 1.0))"
   if not isinstance(groups, (tuple, list)):
@@ -392,7 +394,7 @@ def build_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTran
     decay = optax.add_decayed_weights(wd, mask=weight_decay_mask)
     momentum = (optax.trace(decay=opt.momentum, nesterov=opt.nesterov)
                 if opt.momentum > 0 else optax.identity())
-    parts = [momentum, decay] if opt.get("decoupled_weight_decay", False) else [decay, momentum]
+    parts = [momentum, decay] if opt.decoupled_weight_decay else [decay, momentum]
     tx = optax.chain(*parts, optax.scale_by_learning_rate(learning_rate))
   elif name == "adam":
     decay = (optax.add_decayed_weights(wd, mask=weight_decay_mask) if wd else optax.identity())
@@ -453,3 +455,48 @@ def update_ema(ema: Any, values: Any, decay: jnp.ndarray) -> Any:
   """
   return jax.tree_util.tree_map(
       lambda e, v: (decay * e + (1.0 - decay) * v).astype(e.dtype), ema, values)
+
+
+def _optimizer_problems(config) -> List[str]:
+  problems = config_fields.choice(config, "optimizer.name", OPTIMIZERS)
+  for field in ("optimizer.base_lr", "optimizer.base_batch_size"):
+    problems += config_fields.positive(config, field)
+  problems += config_fields.non_negative(config, "optimizer.weight_decay")
+  problems += config_fields.non_negative(config, "optimizer.grad_clip_norm", " (0 = off)")
+  return problems + param_group_problems(config)
+
+
+def _schedule_problems(config) -> List[str]:
+  schedule = config.schedule
+  problems = config_fields.choice(config, "schedule.name", SCHEDULES)
+  if schedule.warmup_epochs < 0 or (schedule.name == "cosine"
+                                    and schedule.warmup_epochs >= config.num_epochs):
+    problems.append(f"config.schedule.warmup_epochs={schedule.warmup_epochs} must be >= 0 "
+                    f"and below config.num_epochs={config.num_epochs}.")
+  if schedule.name == "noam":
+    for field in ("schedule.model_dim", "schedule.warmup_steps"):
+      if config_fields.has(config, field):
+        problems += config_fields.positive(config, field, integer=True)
+      else:
+        problems.append(f"config.{field} is missing; schedule 'noam' needs it (the paper: "
+                        "model_dim = d_model = 512, warmup_steps = 4000).")
+  return problems + config_fields.positive(config, "schedule_multiplier")
+
+
+# The fields `build_optimizer` reads, and their defaults (configs/default.py sets them all).
+OPTIMIZER_FIELDS = config_fields.ConfigFields(
+    "optimizer",
+    defaults={"optimizer.name": "sgd", "optimizer.momentum": 0.9, "optimizer.nesterov": True,
+              "optimizer.weight_decay": 0.0, "optimizer.decoupled_weight_decay": False,
+              "optimizer.grad_clip_norm": 0.0, "optimizer.b1": 0.9, "optimizer.b2": 0.999,
+              "optimizer.eps": 1e-8, "optimizer.trust_coefficient": 0.001,
+              "optimizer.param_groups": ()},
+    check=_optimizer_problems)
+
+# The fields `build_schedule` and `total_steps` read.
+SCHEDULE_FIELDS = config_fields.ConfigFields(
+    "schedule",
+    defaults={"schedule.name": "cosine", "schedule.warmup_epochs": 0.0,
+              "schedule.decay_epochs": (30, 60, 90), "schedule.decay_factor": 0.1,
+              "schedule.final_lr": 0.0, "schedule.scale": 1.0, "schedule_multiplier": 1.0},
+    check=_schedule_problems)

@@ -18,12 +18,14 @@ Both backends run on one CPU, a multi-GPU host or a TPU pod slice (with
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, List, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from bagtricks import config_fields
 
 AXIS_NAME = "batch"
 BACKENDS = ("pmap", "shard_map")
@@ -127,3 +129,17 @@ class DataParallel:
     """Replicated metrics → host floats."""
     host = self.unreplicate(metrics)
     return jax.tree_util.tree_map(lambda x: np.asarray(x).item(), host)
+
+
+def _parallel_problems(config) -> List[str]:
+  # The device count is checked against the machine by `validate` (it needs the devices).
+  return config_fields.choice(config, "parallel", BACKENDS)
+
+
+# How the step runs over devices and processes: every local device, one process by default.
+PARALLEL_FIELDS = config_fields.ConfigFields(
+    "parallel",
+    defaults={"parallel": "pmap", "num_devices": 0, "distributed.enabled": False,
+              "distributed.coordinator_address": None, "distributed.num_processes": None,
+              "distributed.process_id": None},
+    check=_parallel_problems)

@@ -14,11 +14,13 @@ bfloat16 has float32's exponent range and needs no loss scaling.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, List, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from bagtricks import config_fields
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -168,3 +170,23 @@ def wrap_optimizer(tx: optax.GradientTransformation, policy: Policy,
     return tx
   kwargs = dict(loss_scale_config or {})
   return dynamic_loss_scale(tx, **kwargs)
+
+
+def _precision_problems(config) -> List[str]:
+  problems = config_fields.choice(config, "precision", PRECISIONS)
+  if config.precision == "fp16":
+    for field in ("loss_scale.init_scale", "loss_scale.growth_interval",
+                  "loss_scale.max_scale", "loss_scale.min_scale"):
+      problems += config_fields.positive(config, field)
+    if not 0.0 < config.loss_scale.backoff < 1.0:
+      problems.append(f"config.loss_scale.backoff={config.loss_scale.backoff} must be in (0, 1).")
+  return problems
+
+
+# The precision policy and fp16's dynamic loss scale (the arguments of `dynamic_loss_scale`).
+PRECISION_FIELDS = config_fields.ConfigFields(
+    "precision",
+    defaults={"precision": "fp32", "loss_scale.init_scale": 2.0**15,
+              "loss_scale.growth_interval": 2000, "loss_scale.backoff": 0.5,
+              "loss_scale.max_scale": 2.0**24, "loss_scale.min_scale": 1.0},
+    check=_precision_problems)

@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Tuple
 
 from clu import metric_writers
 
+from bagtricks import paths
+
 # Fields that say how a run is executed, not what it computes: a run may be resumed with
 # other values (another data mirror, more frequent logs, another device count or backend).
 OPERATIONAL_FIELDS = ("dataset.data_dir", "log_every_steps", "eval_every_epochs",
@@ -53,12 +55,26 @@ def config_differences(saved: dict, config) -> List[Tuple[str, Any, Any]]:
 def check_workdir(workdir: str, config, probe_writes: bool = True) -> None:
   """Raises ``WorkdirError`` unless ``workdir`` can hold a run of ``config``; writes nothing.
 
-  Remote paths (``gs://...``) are left to the checkpointing library. ``probe_writes`` tries
-  to create the directory and a file in it (both removed again): one process of a
-  multi-process run does it, so that none removes what another is probing.
+  ``probe_writes`` tries to create a local directory and a file in it (both removed again):
+  one process of a multi-process run does it, so that none removes what another is
+  probing. A remote workdir (``gs://...``) is checked for another config's run only; its
+  permissions show at the first write.
   """
-  if "://" in workdir:
-    return
+  if not paths.is_remote(workdir):
+    _check_local_directory(workdir, probe_writes)
+  saved = paths.join(workdir, "config.json")
+  if paths.exists(saved):
+    differences = config_differences(json.loads(paths.read_text(saved)), config)
+    if differences:
+      shown = "; ".join(f"config.{k} was {old!r} there, {new!r} now"
+                        for k, old, new in differences[:5])
+      more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
+      raise WorkdirError(f"--workdir={workdir} holds a run of another config: {shown}{more}. "
+                         "Use a new --workdir, or the config that run used (its "
+                         "config.json).")
+
+
+def _check_local_directory(workdir: str, probe_writes: bool) -> None:
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
     raise WorkdirError(f"--workdir={workdir} is a file, not a directory; give a directory "
@@ -75,17 +91,6 @@ def check_workdir(workdir: str, config, probe_writes: bool = True) -> None:
   except OSError as e:
     raise WorkdirError(f"--workdir={workdir} cannot be written ({e.strerror or e}); give a "
                        "directory you can write to.") from e
-  saved = os.path.join(path, "config.json")
-  if os.path.isfile(saved):
-    with open(saved) as f:
-      differences = config_differences(json.load(f), config)
-    if differences:
-      shown = "; ".join(f"config.{k} was {old!r} there, {new!r} now"
-                        for k, old, new in differences[:5])
-      more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
-      raise WorkdirError(f"--workdir={workdir} holds a run of another config: {shown}{more}. "
-                         "Use a new --workdir, or the config that run used (its "
-                         "config.json).")
 
 
 def _probe_writable(path: str, existing: str) -> None:
@@ -122,8 +127,7 @@ def strict_json(value: Any) -> Any:
 
 def write_json(path: str, value: Any) -> None:
   """Writes ``strict_json(value)``, indented; refuses anything that is not strict JSON."""
-  with open(path, "w") as f:
-    json.dump(strict_json(value), f, indent=2, allow_nan=False)
+  paths.write_text(path, json.dumps(strict_json(value), indent=2, allow_nan=False))
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -136,12 +140,11 @@ class JsonlWriter(metric_writers.MetricWriter):
   """
 
   def __init__(self, path: str):
-    self._path = path
+    self._file = paths.AppendOnlyFile(path)
 
   def write_scalars(self, step: int, scalars) -> None:
     record = strict_json({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
-    with open(self._path, "a") as f:
-      f.write(json.dumps(record, allow_nan=False) + "\n")
+    self._file.append((json.dumps(record, allow_nan=False) + "\n").encode())
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -165,26 +168,24 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
   def flush(self):
-    pass
+    self._file.flush()
 
   def close(self):
-    pass
+    self._file.flush()
 
 
 def read_metrics(workdir: str) -> List[Dict[str, float]]:
   """The records of ``workdir/metrics.jsonl``, one dict per logged step, in file order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = paths.read_text(paths.join(workdir, "metrics.jsonl"))
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def keep_steps_up_to(path: str, last_step: int) -> None:
   """Drops the records after ``last_step`` from a ``metrics.jsonl`` (a resumed run logs them
   again); nothing happens when the file does not exist."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return
-  with open(path) as f:
-    lines = f.readlines()
+  lines = paths.read_text(path).splitlines(keepends=True)
   kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
   if len(kept) != len(lines):
-    with open(path, "w") as f:
-      f.writelines(kept)
+    paths.write_text(path, "".join(kept))

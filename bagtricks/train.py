@@ -1,8 +1,13 @@
 """The one training loop: ``train_and_evaluate(config, workdir)``.
 
-init (or restore) → data-parallel train steps with progress lines → periodic evaluation →
-metrics (TensorBoard events and ``metrics.jsonl``) → Orbax checkpoints (every K steps, at the
-end, and on SIGTERM) → ``summary.json``.
+Its phases, each a function: ``build_run`` (config → data, task, model, optimizer, hooks;
+nothing written) → ``restore_or_initialize`` (the latest checkpoint, ``init_from`` or fresh
+weights) → ``write_run_records`` (``config.json``; a resumed run's later records dropped) →
+``compile_steps`` (data-parallel train, eval and refit steps) → ``train_loop`` (steps with
+progress lines, periodic evaluation, metrics to TensorBoard and ``metrics.jsonl``, Orbax
+checkpoints every K steps, at the end and on SIGTERM) → ``finish_run`` (final evaluation and
+``summary.json``). ``evaluate_finished_run`` evaluates a finished run's weights again.
+Every file goes through ``bagtricks.paths``, so the workdir may be a ``gs://`` bucket.
 
 The loop names no model, task or dataset: the data source (``data.get_source``), the model
 (``models.create_model_from_config`` and its ``ModelSpec``), the task (``tasks.create_task``)
@@ -12,11 +17,11 @@ to one of them (a task's between-epoch refit, a model's end-of-run report) is de
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import signal
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +30,10 @@ from absl import logging
 from clu import metric_writers
 
 import models
-from bagtricks import checkpoint, data, distill, finetune, hooks, optim, precision, records
-from bagtricks import host_memory, steps, tasks, validate
+from models.xla_cpu import host_memory
+from bagtricks import checkpoint, data, distill, events, finetune, hooks, optim, paths
+from bagtricks import precision, records, steps, tasks, validate
+from bagtricks.progress import Progress
 from bagtricks.divergence import Diverged, DivergenceGuard, check_finite_state
 from bagtricks.parallel import AXIS_NAME, DataParallel
 from bagtricks.state import init_train_state, variable_shapes
@@ -71,8 +78,8 @@ def _metric_writer(workdir: str, is_main: bool) -> metric_writers.MetricWriter:
   if not is_main:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncWriter(metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(workdir),
-      records.JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+      events.EventFileWriter(workdir),
+      records.JsonlWriter(paths.join(workdir, "metrics.jsonl")),
   ]))
 
 
@@ -97,11 +104,6 @@ class _SigtermFlag:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
-
-
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def evaluate(eval_step, dp: DataParallel, p_state, eval_data, task,
@@ -149,6 +151,39 @@ def _results_line(results: Dict[str, float]) -> str:
                    if not k.endswith("test_examples"))
 
 
+@dataclasses.dataclass
+class Run:
+  """What a config builds before any state exists (``build_run``)."""
+  config: Any
+  workdir: str
+  devices: list
+  is_main: bool
+  source: Any
+  info: Any
+  task: Any
+  policy: precision.Policy
+  model_spec: Any
+  model: Any
+  steps_per_epoch: int
+  total_steps: int
+  tx: Any
+  step_hooks: tuple
+  init_plan: Optional[finetune.InitPlan]
+
+
+@dataclasses.dataclass
+class CompiledSteps:
+  """The run's data-parallel steps and what they take besides state and batch."""
+  dp: DataParallel
+  train_step: Any
+  step_args: tuple
+  eval_steps: Dict[str, Any]
+  eval_data: Any
+  refit_step: Any = None
+  refit_data: Any = None
+  refit_every: int = 0
+
+
 def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Dict[str, Any]:
   """Trains and evaluates the model ``config`` describes, writing everything to ``workdir``.
 
@@ -158,7 +193,7 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
 
   Args:
     config: an ``ml_collections.ConfigDict`` (see ``configs/default.py``).
-    workdir: output directory (checkpoints, metrics, summary).
+    workdir: output directory (checkpoints, metrics, summary), local or ``gs://``.
     evaluate_again: for a finished run, evaluate its final weights again and add the results
       to its records (a ``metrics.jsonl`` line, the summary's test results) instead of only
       reporting it.
@@ -175,22 +210,57 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
       latest checkpoint holds the last finite state.
     Preempted: SIGTERM arrived; a checkpoint was saved.
   """
-  if config.get("host_memory") == "retain":  # Before JAX starts its CPU client.
+  config = validate.complete_config(config)  # Every component's defaults, as config.json shows.
+  devices = prepare_process(config)
+  is_main = jax.process_index() == 0
+  records.check_workdir(workdir, config, probe_writes=is_main)
+  # Only a finished run writes its summary, and check_workdir has ruled out another config's.
+  summary_path = paths.join(workdir, "summary.json")
+  if paths.exists(summary_path):
+    if evaluate_again:
+      return evaluate_finished_run(build_run(config, workdir, devices))
+    logging.info("The run in %s has finished; its records are left as they are "
+                 "(evaluate_again evaluates it again).", workdir)
+    return json.loads(paths.read_text(summary_path))
+  run = build_run(config, workdir, devices)
+  ckpt = open_checkpoints(run)
+  host_state = restore_or_initialize(run, ckpt)
+  start_step = int(host_state.step)
+  write_run_records(run, start_step)
+  compiled = compile_steps(run)
+  writer = _metric_writer(workdir, is_main)
+  if start_step == 0:
+    writer.write_hparams(_flat_config(config))
+  _log_run(run, compiled.dp, host_state)
+  p_state, progress, train_summary = train_loop(run, compiled, ckpt, writer, host_state)
+  return finish_run(run, compiled, ckpt, writer, p_state, progress,
+                    {"resumed_from_step": start_step, **train_summary})
+
+
+def prepare_process(config) -> list:
+  """Process-wide set-up before JAX computes anything; the devices of the run.
+
+  Raises:
+    validate.ConfigError: the config is invalid (checked before anything else).
+  """
+  if config.host_memory == "retain":  # Before JAX starts its CPU client.
     host_memory.retain_freed_memory()
   maybe_initialize_distributed(config)
   devices = select_devices(config)
   validate.validate_config(config, len(devices))
-  is_main = jax.process_index() == 0
-  records.check_workdir(workdir, config, probe_writes=is_main)
-  # Only a finished run writes its summary, and check_workdir has ruled out another config's.
-  summary_path = os.path.join(workdir, "summary.json")
-  finished = os.path.exists(summary_path)
-  if finished and not evaluate_again:
-    logging.info("The run in %s has finished; its records are left as they are "
-                 "(evaluate_again evaluates it again).", workdir)
-    with open(summary_path) as f:
-      return json.load(f)
+  return devices
 
+
+def build_run(config, workdir: str, devices: list) -> Run:
+  """Data source, task, model, schedule, optimizer and step hooks of ``config``.
+
+  Reads the dataset's description and (for fine-tuning or distillation) the checkpoints the
+  config names; writes nothing.
+
+  Raises:
+    validate.ConfigError, data.DataError, finetune.InitFromError,
+    checkpoint.CheckpointError: see ``train_and_evaluate``.
+  """
   source = data.get_source(config)
   info = source.info()
   task = tasks.create_task(config, info)
@@ -206,184 +276,247 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
                                 config.loss_scale.to_dict())
   teacher = None
   if config.distill.enabled:
-    teacher = distill.load_teacher(config.distill, info, policy.compute_dtype)
+    teacher = distill.load_teacher(
+        config.distill, info, policy.compute_dtype,
+        validate.complete_config(distill.teacher_config(config.distill)))
   step_hooks = hooks.build_step_hooks(
       config, task, model_spec.step_kwargs(models.registry.model_kwargs(config.model),
                                            total_steps),
       schedule, steps_per_epoch, total_steps, teacher=teacher)
-  use_ema = config.ema.decay > 0
   init_plan = _check_variables(config, model, task, info, workdir)
+  return Run(config, workdir, devices, jax.process_index() == 0, source, info, task, policy,
+             model_spec, model, steps_per_epoch, total_steps, tx, tuple(step_hooks),
+             init_plan)
 
-  host_state = init_train_state(model, tx, task, info.example_batch(), config.seed,
-                                ema=use_ema)
-  os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+
+def open_checkpoints(run: Run) -> checkpoint.Checkpointer:
+  config = run.config
+  paths.makedirs(run.workdir)
+  return checkpoint.Checkpointer(paths.join(run.workdir, "checkpoints"),
                                  config.checkpoint_every_steps, config.keep_checkpoints)
+
+
+def restore_or_initialize(run: Run, ckpt: checkpoint.Checkpointer) -> Any:
+  """The host train state: the latest checkpoint's, else ``init_from``'s weights, else fresh.
+
+  Raises:
+    checkpoint.CheckpointError: the latest checkpoint is damaged or does not fit.
+  """
+  host_state = init_train_state(run.model, run.tx, run.task, run.info.example_batch(),
+                                run.config.seed, ema=run.config.ema.decay > 0)
   try:
     restored = ckpt.restore(host_state)
   except checkpoint.CheckpointError:
     ckpt.close()  # Stops Orbax's background threads before the error is reported.
     raise
   if restored is not None:
-    host_state = restored
-    logging.info("Resumed from %s at step %d.", ckpt.directory, int(host_state.step))
-  elif init_plan is not None:
-    host_state = finetune.apply_plan(host_state, init_plan)
-    finetune.log_plan(init_plan, workdir if is_main else None)
-  start_step = int(host_state.step)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    # A resumed run logs the steps after its checkpoint again: drop their old records.
-    records.keep_steps_up_to(os.path.join(workdir, "metrics.jsonl"), start_step)
+    logging.info("Resumed from %s at step %d.", ckpt.directory, int(restored.step))
+    return restored
+  if run.init_plan is not None:
+    host_state = finetune.apply_plan(host_state, run.init_plan)
+    finetune.log_plan(run.init_plan, run.workdir if run.is_main else None)
+  return host_state
 
-  dp = DataParallel(config.parallel, devices)
-  p_state = dp.replicate(host_state)
-  hook_variables = tuple(h.variables() for h in step_hooks)
+
+def write_run_records(run: Run, start_step: int) -> None:
+  """``config.json``; a resumed run logs the steps after its checkpoint again, so their old
+  metrics and TensorBoard events are dropped."""
+  if not run.is_main:
+    return
+  paths.write_text(paths.join(run.workdir, "config.json"),
+                   run.config.to_json_best_effort(indent=2))
+  records.keep_steps_up_to(paths.join(run.workdir, "metrics.jsonl"), start_step)
+  events.keep_steps_up_to(run.workdir, start_step)
+
+
+def compile_steps(run: Run, train: bool = True) -> CompiledSteps:
+  """The data-parallel steps (jit-compiled at their first call) and their extra arguments.
+
+  ``train=False`` builds the eval steps only (re-evaluating a finished run).
+  """
+  dp = DataParallel(run.config.parallel, run.devices)
+  model, task, policy = run.model, run.task, run.policy
+  eval_steps = {"": dp.compile(steps.make_eval_step(model, task, policy))}
+  if run.config.ema.decay > 0:
+    eval_steps["ema_"] = dp.compile(steps.make_eval_step(model, task, policy, use_ema=True))
+  compiled = CompiledSteps(dp, None, (), eval_steps, run.source.eval_batches(
+      dp.num_local_devices))
+  if not train:
+    return compiled
+  hook_variables = tuple(h.variables() for h in run.step_hooks)
   # Arrays the hooks need (a teacher's weights) are a step argument, placed on the devices
   # once; they are not part of the (checkpointed) state.
-  step_args = ((dp.replicate(hook_variables),) if jax.tree_util.tree_leaves(hook_variables)
-               else ())
-  train_step = dp.compile(steps.make_train_step(model, task, tx, policy, step_hooks),
-                          donate_state=True, replicated_args=len(step_args))
-  eval_steps = {"": dp.compile(steps.make_eval_step(model, task, policy))}
-  if use_ema:
-    eval_steps["ema_"] = dp.compile(steps.make_eval_step(model, task, policy, use_ema=True))
-  eval_data = source.eval_batches(dp.num_local_devices)
-  refit_step = refit_data = None
-  refit_every = 0
+  if jax.tree_util.tree_leaves(hook_variables):
+    compiled.step_args = (dp.replicate(hook_variables),)
+  compiled.train_step = dp.compile(
+      steps.make_train_step(model, task, run.tx, policy, run.step_hooks), donate_state=True,
+      replicated_args=len(compiled.step_args))
   if task.refit is not None:
-    # The task's between-steps update of its state: before the first step and after
-    # every `every_epochs` epochs, before that step's checkpoint, so a resumed run has the
-    # same task state.
-    refit_step = dp.compile(steps.make_refit_step(model, task, policy), donate_state=True)
-    refit_data = dp.shard_batch(refit_batch(source, config.dataset.train_split,
-                                            task.refit.max_batches, dp.num_local_devices))
-    refit_every = task.refit.every_epochs * steps_per_epoch
-    if start_step == 0:
-      p_state = refit_step(p_state, refit_data)
-  train_iter = source.train_batches(start_step, dp.num_local_devices)
+    # The task's between-steps update of its state: before the first step and after every
+    # `every_epochs` epochs, before that step's checkpoint, so a resumed run has the same
+    # task state.
+    compiled.refit_step = dp.compile(steps.make_refit_step(model, task, policy),
+                                     donate_state=True)
+    compiled.refit_data = dp.shard_batch(refit_batch(
+        run.source, run.config.dataset.train_split, task.refit.max_batches,
+        dp.num_local_devices))
+    compiled.refit_every = task.refit.every_epochs * run.steps_per_epoch
+  return compiled
 
-  writer = _metric_writer(workdir, is_main)
-  if start_step == 0:
-    writer.write_hparams(_flat_config(config))
-  logging.info("%s: %d train / %d eval examples, %d steps/epoch, %d steps, %d devices (%s), "
-               "%s, %d parameters.", info.name, info.num_train_examples,
-               info.num_eval_examples, steps_per_epoch, total_steps, dp.num_devices,
-               dp.backend, config.precision, _count(host_state.params))
 
-  eval_every = int(round(config.eval_every_epochs * steps_per_epoch))
-  pending = []  # Device metrics since the last log line; fetched together to avoid syncs.
-  guard = DivergenceGuard(config, policy.loss_scaling,
-                          config.loss_scale.get("min_scale", 1.0))
-  unchecked = []  # (step, device metrics) not yet seen by the guard.
-  loop_start = time.time()
-  first_step_seconds = None
-  window_start, window_steps = loop_start, 0
-  eval_seconds = 0.0
-  metrics_summary: Dict[str, Any] = {}
-  step = start_step
+def train_loop(run: Run, compiled: CompiledSteps, ckpt: checkpoint.Checkpointer, writer,
+               host_state: Any) -> Tuple[Any, Progress, Dict[str, Any]]:
+  """Trains from ``host_state``'s step to the last, saving and checking as it goes.
+
+  Returns:
+    ``(replicated state, progress, {train_loss, skipped_steps, steps_this_run})``.
+
+  Raises:
+    Diverged, Preempted: see ``train_and_evaluate``.
+  """
+  config, dp = run.config, compiled.dp
+  start_step = step = int(host_state.step)
+  p_state = dp.replicate(host_state)
+  if compiled.refit_step is not None and start_step == 0:
+    p_state = compiled.refit_step(p_state, compiled.refit_data)
+  train_iter = run.source.train_batches(start_step, dp.num_local_devices)
+  progress = Progress(run.task.throughput, config.batch_size, run.total_steps)
+  guard = DivergenceGuard(config, run.policy.loss_scaling,
+                          config.loss_scale.min_scale)
+  pending, unchecked = [], []  # Device metrics since the last line / the last guard check.
+  eval_every = int(round(config.eval_every_epochs * run.steps_per_epoch))
+  train_summary: Dict[str, Any] = {}
   with _SigtermFlag() as sigterm:
-    while step < total_steps:
-      batch = dp.shard_batch(next(train_iter))
-      p_state, metrics = train_step(p_state, batch, *step_args)
+    while step < run.total_steps:
+      p_state, metrics = compiled.train_step(p_state, dp.shard_batch(next(train_iter)),
+                                             *compiled.step_args)
       step += 1
-      if refit_step is not None and step % refit_every == 0:
-        p_state = refit_step(p_state, refit_data)
-      pending.append(metrics)
+      if compiled.refit_step is not None and step % compiled.refit_every == 0:
+        p_state = compiled.refit_step(p_state, compiled.refit_data)
       unchecked.append((step, metrics))
-      if first_step_seconds is None:
-        jax.block_until_ready(metrics)
-        first_step_seconds = time.time() - loop_start
-        window_start, window_steps = time.time(), 0
-        pending.clear()
+      if progress.first_step_seconds is None:
+        jax.block_until_ready(metrics)  # The first step's time is compilation.
+        progress.first_step_done()
       else:
-        window_steps += 1
-
-      if pending and (step % config.log_every_steps == 0 or step == total_steps):
+        pending.append(metrics)
+        progress.step_done()
+      if pending and (step % config.log_every_steps == 0 or step == run.total_steps):
         _check_divergence(guard, dp, unchecked, ckpt)
-        now = time.time()
-        logged = _mean_metrics(dp, pending)
-        pending.clear()
-        images_per_second = window_steps * config.batch_size / max(now - window_start, 1e-9)
-        logged.update(images_per_second=images_per_second, epoch=step / steps_per_epoch)
-        writer.write_scalars(step, logged)
-        eta = (total_steps - step) * config.batch_size / max(images_per_second, 1e-9)
-        task_metrics = "".join(f" {label} {logged[name]:.3f}"
-                               for name, label in task.progress_metrics.items())
-        logging.info(
-            "step %d/%d (epoch %.1f) loss %.4f%s lr %.4g | %.0f img/s | ETA %s", step,
-            total_steps, step / steps_per_epoch, logged["loss"], task_metrics,
-            logged["learning_rate"], images_per_second, _format_eta(eta))
-        metrics_summary["train_loss"] = logged["loss"]
-        metrics_summary["skipped_steps"] = int(logged["skipped_steps"])
-        window_start, window_steps = now, 0
-
-      if eval_every and step % eval_every == 0 and step < total_steps:
-        eval_start = time.time()
-        results = evaluate_all(eval_steps, dp, p_state, eval_data, task)
-        writer.write_scalars(step, results)
-        logging.info("step %d: %s", step, _results_line(results))
-        # Evaluation time is not training time: keep it out of img/s and train_seconds.
-        eval_seconds += time.time() - eval_start
-        window_start += time.time() - eval_start
-
+        train_summary.update(_log_progress(run, writer, progress, step, dp, pending))
+      if eval_every and step % eval_every == 0 and step < run.total_steps:
+        _evaluate_during_training(run, compiled, writer, progress, p_state, step)
       preempted = sigterm.received if jax.process_count() == 1 else ckpt.reached_preemption(
           step)
-      if preempted or ckpt.should_save(step) or step == total_steps:
+      if preempted or ckpt.should_save(step) or step == run.total_steps:
         _check_divergence(guard, dp, unchecked, ckpt)
         host_state = dp.unreplicate(p_state)
         check_finite_state(host_state, step, ckpt.latest_step())
-        ckpt.save(step, host_state, force=preempted or step == total_steps)
+        ckpt.save(step, host_state, force=preempted or step == run.total_steps)
       if preempted:
         ckpt.wait()
         writer.flush()
         raise Preempted(f"SIGTERM at step {step}: checkpoint saved to {ckpt.directory}; run "
                         "the same command again to resume.")
+  train_summary["steps_this_run"] = step - start_step
+  return p_state, progress, train_summary
 
-  train_seconds = time.time() - loop_start - eval_seconds
-  results = evaluate_all(eval_steps, dp, p_state, eval_data, task)
+
+def _log_progress(run: Run, writer, progress: Progress, step: int, dp: DataParallel,
+                  pending: list) -> Dict[str, Any]:
+  # One progress line and metrics record for the steps since the last; clears `pending`.
+  logged = _mean_metrics(dp, pending)
+  pending.clear()
+  rate = progress.window(step, logged)
+  logged.update({progress.throughput.key: rate[progress.throughput.key],
+                 "epoch": step / run.steps_per_epoch})
+  writer.write_scalars(step, logged)
+  logging.info("%s", progress.line(step, run.steps_per_epoch, logged,
+                                   run.task.progress_metrics, rate))
+  return {"train_loss": logged["loss"], "skipped_steps": int(logged["skipped_steps"])}
+
+
+def _evaluate_during_training(run: Run, compiled: CompiledSteps, writer, progress: Progress,
+                              p_state, step: int) -> None:
+  start = time.time()
+  results = evaluate_all(compiled.eval_steps, compiled.dp, p_state, compiled.eval_data,
+                         run.task)
+  writer.write_scalars(step, results)
+  logging.info("step %d: %s", step, _results_line(results))
+  # Evaluation time is not training time: kept out of the rate and train_seconds.
+  progress.paused(time.time() - start)
+
+
+def finish_run(run: Run, compiled: CompiledSteps, ckpt: checkpoint.Checkpointer, writer,
+               p_state, progress: Progress, train_summary: Dict[str, Any]) -> Dict[str, Any]:
+  """Evaluates the final weights, writes ``summary.json`` and returns the summary."""
+  timing = progress.timing_summary()
+  results = evaluate_all(compiled.eval_steps, compiled.dp, p_state, compiled.eval_data,
+                         run.task)
   ckpt.wait()
   ckpt.close()
   report = {}
-  if is_main and model_spec.report is not None:
-    report = model_spec.report(config, dp.unreplicate(p_state.params), source, workdir)
-  steps_run = step - start_step
-  timed_steps = max(steps_run - 1, 0)
-  timed_seconds = train_seconds - (first_step_seconds or 0.0)
-  if finished:  # Evaluated again: the training records stay, the new results are added.
-    with open(summary_path) as f:
-      summary = json.load(f)
-    summary.update({k: v for k, v in results.items() if k != "ema_test_examples"})
-    summary["evaluations"] = summary.get("evaluations", 1) + 1
-    writer.write_scalars(step, {**results, "evaluation": summary["evaluations"]})
-    writer.flush()
-    writer.close()
-    if is_main:
-      records.write_json(summary_path, summary)
-    return summary
+  if run.is_main and run.model_spec.report is not None:
+    report = run.model_spec.report(run.config, compiled.dp.unreplicate(p_state.params),
+                                   run.source, run.workdir)
+  config = run.config
   summary = {
-      "config": config.get("name", config.model.name + "_" + info.name),
+      "config": config.get("name", config.model.name + "_" + run.info.name),
       **{k: v for k, v in results.items() if k != "ema_test_examples"},
       "eval_split": config.dataset.eval_split,
-      "steps": step,
-      "steps_this_run": steps_run,
-      "resumed_from_step": start_step,
-      "train_seconds": round(train_seconds, 3),
-      "first_step_seconds": round(first_step_seconds or 0.0, 3),
-      "images_per_second": round(timed_steps * config.batch_size / timed_seconds, 1)
-                           if timed_steps and timed_seconds > 0 else None,
-      "devices": dp.num_devices,
+      "steps": run.total_steps,
+      "steps_this_run": train_summary.pop("steps_this_run"),
+      "resumed_from_step": train_summary.pop("resumed_from_step"),
+      **timing,
+      "devices": compiled.dp.num_devices,
       "precision": config.precision,
-      **metrics_summary,
+      **train_summary,
       **report,
   }
-  writer.write_scalars(step, results)
-  writer.flush()
+  writer.write_scalars(run.total_steps, results)
   writer.close()
-  if is_main:
-    records.write_json(summary_path, summary)
+  if run.is_main:
+    records.write_json(paths.join(run.workdir, "summary.json"), summary)
   return records.strict_json(summary)
+
+
+def evaluate_finished_run(run: Run) -> Dict[str, Any]:
+  """Evaluates a finished run's final weights again and adds the results to its records.
+
+  A ``metrics.jsonl`` line (and TensorBoard event) at the last step with an ``evaluation``
+  count, and the summary's test results replaced; its training records stay.
+  """
+  ckpt = open_checkpoints(run)
+  template = init_train_state(run.model, run.tx, run.task, run.info.example_batch(),
+                              run.config.seed, ema=run.config.ema.decay > 0)
+  try:
+    host_state = ckpt.restore(template)
+  finally:
+    ckpt.close()
+  if host_state is None:
+    raise checkpoint.CheckpointError(
+        f"{ckpt.directory} holds no checkpoint to evaluate; run without evaluate_again to "
+        "train again.")
+  compiled = compile_steps(run, train=False)
+  results = evaluate_all(compiled.eval_steps, compiled.dp, compiled.dp.replicate(host_state),
+                         compiled.eval_data, run.task)
+  summary_path = paths.join(run.workdir, "summary.json")
+  summary = json.loads(paths.read_text(summary_path))
+  summary.update({k: v for k, v in results.items() if k != "ema_test_examples"})
+  summary["evaluations"] = summary.get("evaluations", 1) + 1
+  writer = _metric_writer(run.workdir, run.is_main)
+  writer.write_scalars(int(host_state.step), {**results, "evaluation": summary["evaluations"]})
+  writer.close()
+  if run.is_main:
+    records.write_json(summary_path, summary)
+  return summary
+
+
+def _log_run(run: Run, dp: DataParallel, host_state: Any) -> None:
+  info = run.info
+  logging.info("%s: %d train / %d eval examples, %d steps/epoch, %d steps, %d devices (%s), "
+               "%s, %d parameters.", info.name, info.num_train_examples,
+               info.num_eval_examples, run.steps_per_epoch, run.total_steps, dp.num_devices,
+               dp.backend, run.config.precision, _count(host_state.params))
 
 
 def _check_variables(config, model, task, info, workdir: str):
@@ -397,8 +530,8 @@ def _check_variables(config, model, task, info, workdir: str):
     finetune.InitFromError: ``init_from`` names no checkpoint or one that does not fit.
   """
   groups = optim.param_groups_from_config(config)
-  init_from = config.get("init_from", "")
-  resuming = finetune.has_checkpoint(os.path.join(workdir, "checkpoints"))
+  init_from = config.init_from
+  resuming = checkpoint.has_checkpoint(paths.join(workdir, "checkpoints"))
   if not groups and (not init_from or resuming):
     return None
   shapes = variable_shapes(model, task, info.example_batch())
@@ -410,7 +543,7 @@ def _check_variables(config, model, task, info, workdir: str):
   where, pretrained = finetune.read_pretrained(init_from)
   num_outputs = task.num_outputs if task.num_outputs is not None else info.num_classes
   return finetune.plan_init(shapes, pretrained, num_outputs, source=where,
-                            reinit_pattern=config.get("init_reinit", ""))
+                            reinit_pattern=config.init_reinit)
 
 
 def _check_divergence(guard: DivergenceGuard, dp: DataParallel, unchecked: list,

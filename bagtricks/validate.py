@@ -1,9 +1,14 @@
 """Config checks that run before anything is compiled or read.
 
-Every problem is reported at once, each naming the config field and the fix, so a bad command
-line fails in a second instead of after a compile or an epoch. The checks of the shared loop
-(optimizer, schedule, precision, devices, augmentations, EMA, distillation) live here; the
-model and the task bring their own (``models.config_problems``, ``tasks.config_problems``).
+Every component declares its own fields, their defaults and their checks
+(``config_fields.ConfigFields``): the optimizer and the schedule (``optim``), the precision
+policy (``precision``), the batch augmentations (``augment``), the divergence guard
+(``divergence``), the weight EMA (``hooks``), the data source (``data``), the model
+(``models``), the task (``tasks``), distillation (``distill``), fine-tuning (``finetune``),
+checkpoints (``checkpoint``), devices (``parallel``) and the loop's own (``LOOP_FIELDS``
+below). This module only gathers them: ``complete_config`` gives a config every default, and
+``validate_config`` reports every problem at once, each naming the config field and the fix,
+so a bad command line fails in a second instead of after a compile or an epoch.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from typing import List
 import jax
 
 import models
-from bagtricks import distill, finetune, host_memory, optim, precision, preprocess, tasks
-from bagtricks.parallel import BACKENDS
+from models.xla_cpu import host_memory
+from bagtricks import augment, checkpoint, config_fields, data, distill, divergence, finetune
+from bagtricks import hooks, optim, parallel, precision, tasks
 
 
 class ConfigError(ValueError):
@@ -29,71 +35,79 @@ def _raise_if_any(problems: List[str]) -> None:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
 
-def _field(config, field: str):
-  """The value of a dotted config field such as ``'augment.gridmask.prob'``."""
-  value = config
-  for part in field.split("."):
-    value = value[part]
-  return value
+def _required(config, fields, integer: bool) -> List[str]:
+  problems = []
+  for field in fields:
+    if not config_fields.has(config, field):
+      problems.append(f"config.{field} is missing; set it (configs/default.py has an example).")
+    else:
+      problems += config_fields.positive(config, field, integer=integer)
+  return problems
 
 
-def _has(config, field: str) -> bool:
-  try:
-    _field(config, field)
-  except (KeyError, AttributeError):
-    return False
-  return True
+def _loop_problems(config) -> List[str]:
+  problems = _required(config, ("num_epochs",), integer=False)
+  problems += _required(config, ("batch_size", "eval_batch_size"), integer=True)
+  problems += _required(config, ("log_every_steps",), integer=True)
+  if not isinstance(config.eval_every_epochs, (int, float)) or config.eval_every_epochs < 0:
+    problems.append(f"config.eval_every_epochs={config.eval_every_epochs!r} must be >= 0 "
+                    "(0 = only at the end).")
+  return problems + config_fields.choice(config, "host_memory", host_memory.HOST_MEMORY_MODES)
 
 
-def _positive(config, field: str, problems: List[str], integer: bool = False) -> None:
-  value = _field(config, field)
-  if integer:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      problems.append(f"config.{field}={value!r} must be a positive integer.")
-  elif not isinstance(value, (int, float)) or value <= 0:
-    problems.append(f"config.{field}={value!r} must be > 0.")
+# The loop's own fields: the run's length, its batches, what it logs, and XLA:CPU's host memory.
+LOOP_FIELDS = config_fields.ConfigFields(
+    "loop",
+    defaults={"seed": 0, "log_every_steps": 20, "eval_every_epochs": 0.0,
+              "host_memory": "system"},
+    check=_loop_problems)
+
+MODEL_FIELDS = config_fields.ConfigFields(
+    "model", check=lambda config: models.config_problems(config.model))
+
+# Every component of a run, in the order their problems are reported. The task's defaults
+# follow the model's (its default task) and the data source's its name.
+COMPONENTS = (LOOP_FIELDS, optim.OPTIMIZER_FIELDS, optim.SCHEDULE_FIELDS,
+              finetune.FINETUNE_FIELDS, precision.PRECISION_FIELDS, parallel.PARALLEL_FIELDS,
+              checkpoint.CHECKPOINT_FIELDS, augment.AUGMENT_FIELDS,
+              divergence.DIVERGENCE_FIELDS, hooks.EMA_FIELDS, distill.DISTILL_FIELDS,
+              MODEL_FIELDS, tasks.TASK_FIELDS, data.DATASET_FIELDS)
 
 
-def _in_range(config, field: str, low: float, high: float, problems: List[str],
-              high_inclusive: bool = True) -> None:
-  value = _field(config, field)
-  ok = isinstance(value, (int, float)) and low <= value and (
-      value <= high if high_inclusive else value < high)
-  if not ok:
-    problems.append(f"config.{field}={value!r} must be in [{low}, {high}"
-                    f"{']' if high_inclusive else ')'}.")
+def complete_config(config):
+  """A copy of ``config`` with every component's optional fields at their defaults."""
+  return config_fields.complete(config, COMPONENTS)
 
 
-def _check_augment(config, problems: List[str]) -> None:
-  """``config.augment``: mixup/CutMix, Cutout and GridMask settings."""
-  for field in ("augment.mixup_alpha", "augment.cutmix_alpha", "augment.mix_off_epochs",
-                "augment.gridmask.ramp_epochs"):
-    value = _field(config, field)
-    if not isinstance(value, (int, float)) or value < 0:
-      problems.append(f"config.{field}={value!r} must be >= 0 (0 = off).")
-  for field in ("augment.cutmix_prob", "augment.gridmask.prob"):
-    _in_range(config, field, 0.0, 1.0, problems)
-  augment = config.augment
-  if augment.mix_off_epochs and augment.mix_off_epochs >= config.num_epochs:
-    problems.append(f"config.augment.mix_off_epochs={augment.mix_off_epochs} must be below "
-                    f"config.num_epochs={config.num_epochs}.")
-  cutout = augment.cutout
-  if not isinstance(cutout.num_holes, int) or cutout.num_holes < 0:
-    problems.append(f"config.augment.cutout.num_holes={cutout.num_holes!r} must be an integer "
-                    ">= 0 (0 = off).")
-  if cutout.num_holes:
-    _positive(config, "augment.cutout.size", problems, integer=True)
-  grid = augment.gridmask
-  if grid.prob > 0:
-    if not (isinstance(grid.d_min, int) and isinstance(grid.d_max, int)
-            and 1 <= grid.d_min < grid.d_max):
-      problems.append(f"config.augment.gridmask.d_min={grid.d_min!r} and d_max={grid.d_max!r} "
-                      "must be integers with 1 <= d_min < d_max (d is drawn from "
-                      "[d_min, d_max)).")
-    _in_range(config, "augment.gridmask.ratio", 0.0, 1.0, problems, high_inclusive=False)
-    if not isinstance(grid.max_rotation, int) or grid.max_rotation < 0:
-      problems.append(f"config.augment.gridmask.max_rotation={grid.max_rotation!r} must be an "
-                      "integer >= 0 (degrees).")
+def _device_problems(config, num_local_devices: int) -> List[str]:
+  problems = []
+  if config.num_devices < 0 or config.num_devices > len(jax.local_devices()):
+    problems.append(f"config.num_devices={config.num_devices} must be 0 (all) or between 1 and "
+                    f"the {len(jax.local_devices())} local devices.")
+  if config.num_devices and jax.process_count() > 1:
+    problems.append(f"config.num_devices={config.num_devices}: a multi-process run uses every "
+                    "local device; set it to 0.")
+  devices = num_local_devices * jax.process_count()
+  for field in ("batch_size", "eval_batch_size"):
+    value = config.get(field)
+    if isinstance(value, int) and value > 0 and value % devices:
+      problems.append(
+          f"config.{field}={value} does not divide evenly over {devices} devices "
+          f"({jax.process_count()} processes x {num_local_devices}); use a multiple of "
+          f"{devices}, e.g. {max(devices, value // devices * devices)}.")
+  return problems
+
+
+def validate_config(config, num_local_devices: int) -> None:
+  """Raises ``ConfigError`` listing every invalid field of ``config``.
+
+  Args:
+    config: the run config (completed here with ``complete_config`` first).
+    num_local_devices: devices this process will use.
+  """
+  config = complete_config(config)
+  _raise_if_any(config_fields.problems(config, COMPONENTS)
+                + _device_problems(config, num_local_devices))
 
 
 def validate_for_data(config, info, task) -> None:
@@ -104,9 +118,7 @@ def validate_for_data(config, info, task) -> None:
   ``check_for_data``: sizes that depend on the number of features, class labels).
   """
   problems: List[str] = []
-  active = [f for f in ("augment.mixup_alpha", "augment.cutmix_alpha",
-                        "augment.cutout.num_holes", "augment.gridmask.prob")
-            if _field(config, f)]
+  active = [f for f in augment.ACTIVE_FIELDS if config_fields.get(config, f)]
   keys = task.augment_keys
   if active and (keys is None or keys[0] not in info.element_spec):
     problems.append(f"config.dataset.name={info.name!r} gives no images to the task "
@@ -114,101 +126,4 @@ def validate_for_data(config, info, task) -> None:
                     f"augmentations {['config.' + f for f in active]} must be 0.")
   problems += models.data_problems(config.model, info)
   problems += tasks.data_problems(config, info)
-  _raise_if_any(problems)
-
-
-def validate_config(config, num_local_devices: int) -> None:
-  """Raises ``ConfigError`` listing every invalid field of ``config``.
-
-  Args:
-    config: the run config.
-    num_local_devices: devices this process will use.
-  """
-  problems: List[str] = []
-
-  def check_choice(field, value, choices):
-    if value not in choices:
-      problems.append(f"config.{field}={value!r} is unknown; use one of {tuple(choices)}.")
-
-  check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
-  check_choice("schedule.name", config.schedule.name, optim.SCHEDULES)
-  check_choice("precision", config.precision, precision.PRECISIONS)
-  check_choice("parallel", config.parallel, BACKENDS)
-  if _has(config, "host_memory"):
-    check_choice("host_memory", config.host_memory, host_memory.HOST_MEMORY_MODES)
-
-  for field in ("optimizer.base_lr", "optimizer.base_batch_size", "num_epochs"):
-    _positive(config, field, problems)
-  for field in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
-                "keep_checkpoints"):
-    _positive(config, field, problems, integer=True)
-  # Image fields, where the dataset config has them (a table or token config need not).
-  for field in ("dataset.image_size", "dataset.channels", "dataset.shuffle_buffer"):
-    if _has(config, field):
-      _positive(config, field, problems, integer=True)
-  if config.optimizer.weight_decay < 0:
-    problems.append(f"config.optimizer.weight_decay={config.optimizer.weight_decay} must be "
-                    ">= 0.")
-  if config.schedule.warmup_epochs < 0 or (
-      config.schedule.name == "cosine" and config.schedule.warmup_epochs >= config.num_epochs):
-    problems.append(f"config.schedule.warmup_epochs={config.schedule.warmup_epochs} must be >= 0 "
-                    f"and below config.num_epochs={config.num_epochs}.")
-  if config.schedule.name == "noam":
-    for field in ("schedule.model_dim", "schedule.warmup_steps"):
-      if _has(config, field):
-        _positive(config, field, problems, integer=True)
-      else:
-        problems.append(f"config.{field} is missing; schedule 'noam' needs it (the paper: "
-                        "model_dim = d_model = 512, warmup_steps = 4000).")
-  if "schedule_multiplier" in config:
-    _positive(config, "schedule_multiplier", problems)
-  problems.extend(optim.param_group_problems(config))
-  problems.extend(finetune.config_problems(config))
-  if config.precision == "fp16":
-    for field in ("loss_scale.init_scale", "loss_scale.growth_interval",
-                  "loss_scale.max_scale"):
-      _positive(config, field, problems)
-    if not 0.0 < config.loss_scale.backoff < 1.0:
-      problems.append(f"config.loss_scale.backoff={config.loss_scale.backoff} must be in (0, 1).")
-
-  if config.num_devices < 0 or config.num_devices > len(jax.local_devices()):
-    problems.append(f"config.num_devices={config.num_devices} must be 0 (all) or between 1 and "
-                    f"the {len(jax.local_devices())} local devices.")
-  if config.num_devices and jax.process_count() > 1:
-    problems.append(f"config.num_devices={config.num_devices}: a multi-process run uses every "
-                    "local device; set it to 0.")
-  devices = num_local_devices * jax.process_count()
-  for field in ("batch_size", "eval_batch_size"):
-    value = config[field]
-    if isinstance(value, int) and value > 0 and value % devices:
-      problems.append(
-          f"config.{field}={value} does not divide evenly over {devices} devices "
-          f"({jax.process_count()} processes x {num_local_devices}); use a multiple of "
-          f"{devices}, e.g. {max(devices, value // devices * devices)}.")
-
-  if not isinstance(config.eval_every_epochs, (int, float)) or config.eval_every_epochs < 0:
-    problems.append(f"config.eval_every_epochs={config.eval_every_epochs!r} must be >= 0 "
-                    "(0 = only at the end).")
-  _check_augment(config, problems)
-  if "divergence" in config:
-    _positive(config, "divergence.window_steps", problems, integer=True)
-    _in_range(config, "divergence.max_skipped_fraction", 0.0, 1.0, problems)
-  if not 0.0 <= config.ema.decay < 1.0:
-    problems.append(f"config.ema.decay={config.ema.decay} must be in [0, 1) (0 = no EMA; "
-                    "e.g. 0.9999 for runs of 100+ epochs).")
-  problems.extend(distill.config_problems(config))
-  problems.extend(models.config_problems(config.model))
-  problems.extend(tasks.config_problems(config))
-
-  test_fraction = config.dataset.get("test_fraction", 0.2)
-  if not 0.0 < test_fraction < 1.0:
-    problems.append(f"config.dataset.test_fraction={test_fraction} must be in (0, 1).")
-  for field in ("train_pp", "eval_pp"):
-    if field not in config.dataset:
-      continue
-    try:
-      preprocess.get_preprocess_fn(config.dataset[field])
-    except ValueError as e:
-      problems.append(f"config.dataset.{field}: {e}")
-
   _raise_if_any(problems)

@@ -10,26 +10,31 @@ less) and the same network in PyTorch (written out below: the same layers, paddi
 shortcut and BatchNorm), copies the bagtricks initial weights into the PyTorch one, and times
 one float32 train step of each on the same random batch: bagtricks' own step
 (``steps.make_train_step`` with the classification task and the default SGD with Nesterov
-momentum and weight decay, under ``DataParallel`` on one device, the default convolution
-algorithm) and PyTorch's eager forward, cross-entropy, backward and ``torch.optim.SGD`` step
-(same momentum, Nesterov and weight decay). After compilation and ``--warmup`` steps of each,
-they alternate ``--rounds`` times ``--steps`` steps each, so both see the same machine load, and
-the ratio is taken from their total times.
+momentum and weight decay, under ``DataParallel`` on one device, with the trainer's default
+convolution algorithm, ``auto``) and PyTorch's eager forward, cross-entropy, backward and
+``torch.optim.SGD`` step (same momentum, Nesterov and weight decay), in both of PyTorch's
+memory layouts: NCHW and ``channels_last`` (NHWC, PyTorch's advice for CNNs on CPU). After
+compilation and ``--warmup`` steps of each, they run ``--rounds`` rounds of ``--steps`` steps
+each, the order of the sides rotating from round to round so that none always runs first or
+last; the faster PyTorch layout (by its median) is the ratio's baseline, and the table gives
+the median ratio over the rounds with its min–max.
 
-The script first measures the machine's float32 matrix-multiply peak (the best of a few
-2048×2048 products in XLA) and reports each side's achieved GFLOP/s (train FLOPs = 3 × the
+The machine's float32 peak is the best of a few large matrix products in XLA, in oneDNN (a 1×1
+convolution through the same extension as the convolutions, where it is available) and in
+PyTorch (MKL / oneDNN, where it is installed); each side's achieved GFLOP/s (train FLOPs = 3 × the
 forward pass's multiply-adds × 2, convolutions and classifier, counted from the layer shapes)
-and its fraction of that peak. Peak memory is the growth of what the process has allocated
+is reported as a fraction of it. Peak memory is the growth of what the process has allocated
 (glibc's ``mallinfo2``, else the resident set; sampled every 5 ms) while each side's warm-up
 steps run: the memory its train step needs beyond the weights, optimizer state and batch.
 
-Host memory is ``retain`` by default: ``bagtricks.host_memory.retain_freed_memory()`` runs
-first (the trainer's ``config.host_memory='retain'``), so glibc keeps freed memory for reuse
-instead of unmapping it, for both sides, since they share the process. Under glibc's defaults
-(``--host_memory=system``) every step page-faults its working set back in: XLA's single step
-buffer of over 1 GB for the ResNet-50-D case, and PyTorch's 32 MiB activations of the
-ResNet-18-D case, which sit just above glibc's largest mmap threshold. Those faults are the
-allocator's, not the train step's; ``system`` times them too.
+Host memory: by default both modes are measured, each in its own process (the setting is
+process-wide and must precede JAX's start): ``system`` (glibc's defaults, the trainer's
+default), where every step page-faults its working set back in (XLA's single step buffer of
+over 1 GB for the ResNet-50-D case, PyTorch's 32 MiB activations of the ResNet-18-D case,
+just above glibc's largest mmap threshold), and ``retain``
+(``models.xla_cpu.host_memory.retain_freed_memory()``, the trainer's
+``config.host_memory='retain'``), where glibc keeps freed memory for reuse, for both sides
+since they share the process.
 
 PyTorch (CPU build) is optional: without it only the bagtricks columns are printed.
 """
@@ -39,6 +44,7 @@ import ctypes
 import json
 import os
 import resource
+import subprocess
 import sys
 import threading
 import time
@@ -51,13 +57,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import models  # noqa: E402
-from bagtricks import host_memory, optim, precision, steps  # noqa: E402
+from bagtricks import optim, precision, steps  # noqa: E402
 from bagtricks.parallel import DataParallel  # noqa: E402
 from bagtricks.state import init_train_state  # noqa: E402
 from bagtricks.tasks import ClassificationTask  # noqa: E402
 from configs import default  # noqa: E402
-from models import conv, onednn_conv  # noqa: E402
-from models.conv import CONV_ALGORITHMS  # noqa: E402
+from models.xla_cpu import CONV_ALGORITHMS, conv, host_memory, onednn  # noqa: E402
 
 DEFAULT_MODELS = ("resnet50d:224:8", "resnet18d:32:128")
 LEARNING_RATE = 0.1
@@ -122,19 +127,49 @@ class PeakMemory:
     return self.peak - self.start
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-  """Best float32 GFLOP/s of a jitted ``size``×``size`` matrix product (the roofline)."""
-  rng = np.random.default_rng(0)
-  a = jnp.asarray(rng.normal(size=(size, size)), jnp.float32)
-  b = jnp.asarray(rng.normal(size=(size, size)), jnp.float32)
-  product = jax.jit(jnp.dot)
-  product(a, b).block_until_ready()
+def _best_seconds(run, repeats: int) -> float:
   best = float("inf")
   for _ in range(repeats):
     start = time.perf_counter()
-    product(a, b).block_until_ready()
+    run()
     best = min(best, time.perf_counter() - start)
-  return 2 * size**3 / best / 1e9
+  return best
+
+
+def matmul_peak_gflops(torch=None, sizes=(2048, 3072), repeats: int = 5) -> dict:
+  """Best float32 GFLOP/s of square matrix products in XLA, oneDNN and PyTorch.
+
+  oneDNN's is a 1×1 convolution through `onednn.conv2d` (where its extension is available):
+  the product of two [size, size] matrices by the kernels the convolutions use.
+  PyTorch's is `torch.mm` (MKL or oneDNN), where PyTorch is given.
+
+  Returns:
+    {'xla': GFLOP/s, 'onednn': GFLOP/s or None, 'torch': GFLOP/s or None, 'peak': the
+    largest}: the roofline the train steps are measured against.
+  """
+  rng = np.random.default_rng(0)
+  found = {"xla": 0.0, "onednn": None, "torch": None}
+
+  def record(name, flops, run):
+    run()
+    found[name] = max(found[name] or 0.0, flops / _best_seconds(run, repeats) / 1e9)
+
+  xla_product = jax.jit(jnp.dot)
+  onednn_product = jax.jit(lambda x, k: onednn.conv2d(x, k, (1, 1), ((0, 0), (0, 0))))
+  for size in sizes:
+    a, b = (rng.normal(size=(size, size)).astype(np.float32) for _ in range(2))
+    flops = 2 * size**3
+    xa, xb = jnp.asarray(a), jnp.asarray(b)
+    record("xla", flops, lambda: xla_product(xa, xb).block_until_ready())
+    if onednn.available():
+      # One image of 1 × size pixels and size channels: its [size, size] rows times the kernel.
+      images, kernel = xa.reshape(1, 1, size, size), xb.reshape(1, 1, size, size)
+      record("onednn", flops, lambda: onednn_product(images, kernel).block_until_ready())
+    if torch is not None:
+      ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+      record("torch", flops, lambda: torch.mm(ta, tb))
+  found["peak"] = max(v for v in found.values() if v is not None)
+  return found
 
 
 def train_flops_per_image(model, image_size: int) -> float:
@@ -283,13 +318,21 @@ def _lookup(tree, path: str):
 
 
 class TorchStep:
-  """PyTorch eager train step: forward, cross-entropy, backward, SGD (Nesterov, L2 decay)."""
+  """PyTorch eager train step: forward, cross-entropy, backward, SGD (Nesterov, L2 decay).
 
-  def __init__(self, torch, net, batch: dict):
+  `channels_last` puts the network's weights and the images in PyTorch's NHWC memory format,
+  its recommended layout for CNN training on CPU.
+  """
+
+  def __init__(self, torch, net, batch: dict, channels_last: bool = False):
     config = default.get_config().optimizer
     self.torch = torch
+    images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
+    if channels_last:
+      net = net.to(memory_format=torch.channels_last)
+      images = images.contiguous(memory_format=torch.channels_last)
     self.net = net.train()
-    self.images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
+    self.images = images
     self.labels = torch.from_numpy(batch["label"].astype(np.int64))
     self.optimizer = torch.optim.SGD(net.parameters(), lr=LEARNING_RATE,
                                      momentum=config.momentum, nesterov=config.nesterov,
@@ -302,6 +345,24 @@ class TorchStep:
       loss.backward()
       self.optimizer.step()
     return float(loss.detach())
+
+
+def timed_rounds(runners: dict, rounds: int, steps: int) -> dict:
+  """Seconds per step of each runner in each round; the order rotates from round to round."""
+  names = list(runners)
+  seconds = {name: [] for name in names}
+  for round_index in range(rounds):
+    shift = round_index % len(names)
+    for name in names[shift:] + names[:shift]:
+      start = time.perf_counter()
+      runners[name].run(steps)
+      seconds[name].append((time.perf_counter() - start) / steps)
+  return seconds
+
+
+def _spread(values) -> dict:
+  return {"median": float(np.median(values)), "min": float(np.min(values)),
+          "max": float(np.max(values))}
 
 
 def compare(case: str, args, peak_gflops: float, torch) -> dict:
@@ -323,48 +384,82 @@ def compare(case: str, args, peak_gflops: float, torch) -> dict:
   start = time.perf_counter()
   ours = BagtricksStep(model, batch)
   compile_seconds = time.perf_counter() - start
-  with PeakMemory() as memory:
-    ours.run(args.warmup)
-  ours_memory = memory.growth
-  theirs, theirs_memory = None, None
+  runners = {"bagtricks": ours}
   if torch is not None:
     variables = {"params": ours.initial_state.params,
                  "batch_stats": ours.initial_state.batch_stats}
-    net = build_torch_resnet(torch, variables, model.block, model.stage_sizes, small,
-                             model.bn_momentum, model.bn_epsilon)
-    theirs = TorchStep(torch, net, batch)
+    for layout, channels_last in (("torch_nchw", False), ("torch_channels_last", True)):
+      net = build_torch_resnet(torch, variables, model.block, model.stage_sizes, small,
+                               model.bn_momentum, model.bn_epsilon)
+      runners[layout] = TorchStep(torch, net, batch, channels_last=channels_last)
+  peak_memory = {}
+  for side, runner in runners.items():
     with PeakMemory() as memory:
-      theirs.run(args.warmup)
-    theirs_memory = memory.growth
+      runner.run(args.warmup)
+    peak_memory[side] = memory.growth / 2**20
 
-  times = {"bagtricks": 0.0, "torch": 0.0}
-  for _ in range(args.rounds):
-    for side, runner in (("bagtricks", ours), ("torch", theirs)):
-      if runner is None:
-        continue
-      start = time.perf_counter()
-      runner.run(args.steps)
-      times[side] += time.perf_counter() - start
-  timed_steps = args.rounds * args.steps
+  seconds = timed_rounds(runners, args.rounds, args.steps)
   row = {"model": name, "image_size": size, "batch_size": batch_size,
-         "conv_algorithm": conv.resolve_algorithm(args.conv_algorithm),
-         "onednn": onednn_conv.version(), "host_memory": args.host_memory,
-         "train_gflop_per_step": flops / 1e9, "compile_seconds": compile_seconds,
-         "bagtricks_images_per_second": timed_steps * batch_size / times["bagtricks"],
-         "bagtricks_step_seconds": times["bagtricks"] / timed_steps,
-         "gflops": flops * timed_steps / times["bagtricks"] / 1e9,
-         "bagtricks_peak_memory_mb": ours_memory / 2**20}
-  row["peak_fraction"] = row["gflops"] / peak_gflops
-  row["matmul_peak_gflops"] = peak_gflops
-  if theirs is not None:
-    row.update({
-        "torch_images_per_second": timed_steps * batch_size / times["torch"],
-        "torch_step_seconds": times["torch"] / timed_steps,
-        "torch_gflops": flops * timed_steps / times["torch"] / 1e9,
-        "torch_peak_memory_mb": theirs_memory / 2**20,
-        "ratio": times["torch"] / times["bagtricks"]})
-    row["torch_peak_fraction"] = row["torch_gflops"] / peak_gflops
+         "conv_algorithm": conv.resolve_algorithm(args.conv_algorithm, jax.default_backend()),
+         "onednn": onednn.version(), "host_memory": args.host_memory, "rounds": args.rounds,
+         "steps_per_round": args.steps, "train_gflop_per_step": flops / 1e9,
+         "compile_seconds": compile_seconds, "matmul_peak_gflops": peak_gflops}
+  for side, times in seconds.items():
+    step = float(np.median(times))
+    row[side] = {"images_per_second": batch_size / step, "step_seconds": _spread(times),
+                 "gflops": flops / step / 1e9, "peak_fraction": flops / step / 1e9 / peak_gflops,
+                 "peak_memory_mb": peak_memory[side]}
+  if torch is not None:
+    baseline = min(("torch_nchw", "torch_channels_last"),
+                   key=lambda side: np.median(seconds[side]))
+    ratios = np.array(seconds[baseline]) / np.array(seconds["bagtricks"])
+    row.update(torch_baseline=baseline, ratio=_spread(ratios))
   return row
+
+
+def _print_table(results: dict) -> None:
+  print(f"{'model':18} {'memory':7} {'GFLOP/step':>10} {'ours img/s':>10} {'NCHW':>7} "
+        f"{'ch-last':>7} {'ratio (min-max)':>18} {'ours of peak':>12} {'torch of peak':>13} "
+        f"{'ours MB':>8} {'torch MB':>8}")
+  for row in results:
+    key = f"{row['model']}:{row['image_size']}:{row['batch_size']}"
+    ours = row["bagtricks"]
+    nchw, last = row.get("torch_nchw"), row.get("torch_channels_last")
+    baseline = row.get(row.get("torch_baseline"), {})
+    ratio = row.get("ratio")
+    ratio_text = (f"{ratio['median']:.2f}× ({ratio['min']:.2f}-{ratio['max']:.2f})"
+                  if ratio else "-")
+    ips = lambda side: f"{side['images_per_second']:.2f}" if side else "-"
+    print(f"{key:18} {row['host_memory']:7} {row['train_gflop_per_step']:>10.1f} "
+          f"{ours['images_per_second']:>10.2f} {ips(nchw):>7} {ips(last):>7} "
+          f"{ratio_text:>18} {ours['peak_fraction']:>12.0%} "
+          f"{baseline.get('peak_fraction', float('nan')):>13.0%} "
+          f"{ours['peak_memory_mb']:>8.0f} {baseline.get('peak_memory_mb', float('nan')):>8.0f}")
+
+
+def _measure(args) -> list:
+  """Every case in this process, with its host-memory mode set first."""
+  if args.host_memory == "retain":
+    host_memory.retain_freed_memory()
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    torch = None
+    print("PyTorch is not installed: timing bagtricks alone.")
+  peak = matmul_peak_gflops(torch)
+  threads = torch.get_num_threads() if torch is not None else "-"
+  shown = lambda name: "-" if peak[name] is None else f"{peak[name]:.0f}"
+  print(f"float32 matmul: XLA {shown('xla')}, oneDNN {shown('onednn')}, PyTorch "
+        f"{shown('torch')} GFLOP/s on "
+        f"{jax.devices()[0].device_kind} ({os.cpu_count()} CPUs; PyTorch threads: {threads}; "
+        f"host memory: {args.host_memory}; bagtricks convolutions: "
+        f"{conv.resolve_algorithm(args.conv_algorithm, jax.default_backend())}"
+        f"{', oneDNN ' + onednn.version() if onednn.available() else ''})", flush=True)
+  rows = []
+  for case in args.models.split(","):
+    rows.append(compare(case, args, peak["peak"], torch))
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
 
 
 def main():
@@ -373,49 +468,37 @@ def main():
   parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                       help="comma-separated model:image_size:batch_size (ResNet-D models)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each side")
-  parser.add_argument("--rounds", type=int, default=3, help="alternations of the two sides")
+  parser.add_argument("--rounds", type=int, default=5,
+                      help="rounds of every side, in rotating order (at least 5 for a spread)")
   parser.add_argument("--steps", type=int, default=2, help="timed steps per side and round")
   parser.add_argument("--conv_algorithm", default="auto", choices=CONV_ALGORITHMS,
-                      help="bagtricks' convolution algorithm (models/conv.py)")
-  parser.add_argument("--host_memory", default="retain", choices=host_memory.HOST_MEMORY_MODES,
-                      help="'retain': host_memory.retain_freed_memory() for the whole process "
-                      "(both sides) before anything runs")
+                      help="bagtricks' convolution algorithm (models/xla_cpu/conv.py)")
+  parser.add_argument("--host_memory", default="system,retain",
+                      help="comma-separated modes of " + "/".join(host_memory.HOST_MEMORY_MODES)
+                      + ", each measured in its own process")
   parser.add_argument("--json", help="also write the figures to this JSON file")
   args = parser.parse_args()
-  if args.host_memory == "retain":
-    host_memory.retain_freed_memory()
+  modes = args.host_memory.split(",")
+  unknown = [m for m in modes if m not in host_memory.HOST_MEMORY_MODES]
+  if unknown:
+    parser.error(f"--host_memory: unknown mode(s) {unknown}; use "
+                 f"{', '.join(host_memory.HOST_MEMORY_MODES)}")
 
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    torch = None
-    print("PyTorch is not installed: timing bagtricks alone.")
-  peak = matmul_peak_gflops()
-  threads = torch.get_num_threads() if torch is not None else "-"
-  print(f"float32 2048² matmul peak: {peak:.0f} GFLOP/s on {jax.devices()[0].device_kind} "
-        f"({os.cpu_count()} CPUs; PyTorch threads: {threads}; host memory: {args.host_memory}; "
-        f"bagtricks convolutions: {conv.resolve_algorithm(args.conv_algorithm)}"
-        f"{', oneDNN ' + onednn_conv.version() if onednn_conv.available() else ''})", flush=True)
-
-  results = {}
-  for case in args.models.split(","):
-    row = compare(case, args, peak, torch)
-    results[f"{row['model']}:{row['image_size']}:{row['batch_size']}"] = row
-    print(json.dumps(row), flush=True)
-
+  if len(modes) == 1:
+    results = _measure(args)
+  else:
+    results = []
+    for mode in modes:
+      child = [a for a in sys.argv[1:] if not a.startswith(("--host_memory", "--json"))]
+      out = subprocess.run([sys.executable, __file__, *child, f"--host_memory={mode}"],
+                           capture_output=True, text=True, check=False)
+      sys.stdout.write(out.stdout)
+      if out.returncode:
+        sys.exit(f"--host_memory={mode} failed:\n{out.stderr[-3000:]}")
+      results += [json.loads(line) for line in out.stdout.splitlines()
+                  if line.startswith("{")]
   print()
-  print(f"{'model':18} {'GFLOP/step':>10} {'bagtricks img/s':>15} {'torch img/s':>11} "
-        f"{'ratio':>6} {'GFLOP/s':>8} {'of peak':>7} {'torch of peak':>13} "
-        f"{'peak MB':>8} {'torch MB':>8}")
-  for key, row in results.items():
-    torch_ips = row.get("torch_images_per_second")
-    print(f"{key:18} {row['train_gflop_per_step']:>10.1f} "
-          f"{row['bagtricks_images_per_second']:>15.2f} "
-          f"{torch_ips if torch_ips is None else f'{torch_ips:.2f}':>11} "
-          f"{row.get('ratio', float('nan')):>5.2f}× {row['gflops']:>8.1f} "
-          f"{row['peak_fraction']:>7.0%} {row.get('torch_peak_fraction', float('nan')):>13.0%} "
-          f"{row['bagtricks_peak_memory_mb']:>8.0f} "
-          f"{row.get('torch_peak_memory_mb', float('nan')):>8.0f}")
+  _print_table(results)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bagtricks import preprocess  # noqa: E402
+from bagtricks.data import preprocess  # noqa: E402
 
 
 def load_config(path: str):

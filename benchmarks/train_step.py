@@ -10,7 +10,10 @@ the default SGD/cosine optimizer. Throughput excludes compilation. Every case is
 as a ratio to the fp32 run of the same model measured in this same invocation (the baseline).
 Peak memory is the accelerator's ``peak_bytes_in_use`` when there is one, else the process's
 peak resident set size. ``--host_memory=retain`` runs each case with
-``bagtricks.host_memory.retain_freed_memory()`` (the trainer's ``config.host_memory='retain'``).
+``models.xla_cpu.host_memory.retain_freed_memory()`` (the trainer's
+``config.host_memory='retain'``). Convolutions are computed as the trainer's default config
+computes them (``--conv_algorithm=auto``: XLA:CPU's fast algorithms on a CPU, XLA's own on a
+GPU or TPU).
 """
 
 import argparse
@@ -26,10 +29,11 @@ DEFAULT_CASES = ("resnet18d:32:128", "resnet50d:224:8")
 
 
 def run_case(model_name: str, image_size: int, batch_size: int, precision_name: str,
-             steps: int, max_seconds: float, host_memory_mode: str = "system") -> dict:
+             steps: int, max_seconds: float, host_memory_mode: str = "system",
+             conv_algorithm: str = "auto") -> dict:
   """Times up to ``steps`` train steps (within ``max_seconds``) of one case in this process."""
   sys.path.insert(0, REPO)
-  from bagtricks import host_memory  # pylint: disable=g-import-not-at-top
+  from models.xla_cpu import host_memory  # pylint: disable=g-import-not-at-top
   if host_memory_mode == "retain":
     host_memory.retain_freed_memory()  # Before JAX starts its CPU client.
   import jax  # pylint: disable=g-import-not-at-top
@@ -47,7 +51,7 @@ def run_case(model_name: str, image_size: int, batch_size: int, precision_name: 
   small = image_size <= 32
   model = models.create_model(model_name, num_classes=1000 if not small else 10,
                               small_stem=small, axis_name=AXIS_NAME,
-                              dtype=policy.compute_dtype)
+                              dtype=policy.compute_dtype, conv_algorithm=conv_algorithm)
   schedule = optim.warmup_cosine_schedule(0.1, 10, 1000)
   tx = precision.wrap_optimizer(optim.build_optimizer(config, schedule), policy)
   task = ClassificationTask(model.num_classes)
@@ -89,7 +93,7 @@ def run_case(model_name: str, image_size: int, batch_size: int, precision_name: 
   return {
       "model": model_name, "image_size": image_size, "batch_size": batch_size,
       "precision": precision_name, "device": device.device_kind, "steps": timed,
-      "host_memory": host_memory_mode,
+      "host_memory": host_memory_mode, "conv_algorithm": conv_algorithm,
       "images_per_second": timed * batch_size / seconds,
       "step_ms": 1000 * seconds / timed, "compile_seconds": compile_seconds,
       "peak_memory_mb": peak / 2**20, "peak_memory_kind": peak_kind,
@@ -107,14 +111,17 @@ def main():
   parser.add_argument("--max_seconds", type=float, default=60.0,
                       help="stop timing a case after this long (at least 2 steps are timed)")
   parser.add_argument("--host_memory", default="system", choices=("system", "retain"),
-                      help="'retain': bagtricks.host_memory.retain_freed_memory() in each case")
+                      help="'retain': host_memory.retain_freed_memory() in each case")
+  parser.add_argument("--conv_algorithm", default="auto",
+                      choices=("native", "auto", "blocked", "onednn"),
+                      help="how convolutions are computed (models/xla_cpu/conv.py)")
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
   args = parser.parse_args()
 
   if args.case:
     model, size, batch, prec = args.case.split(":")
     print(json.dumps(run_case(model, int(size), int(batch), prec, args.steps,
-                              args.max_seconds, args.host_memory)))
+                              args.max_seconds, args.host_memory, args.conv_algorithm)))
     return
 
   rows = []
@@ -124,7 +131,7 @@ def main():
       out = subprocess.run(
           [sys.executable, __file__, f"--case={model}:{size}:{batch}:{prec}",
            f"--steps={args.steps}", f"--max_seconds={args.max_seconds}",
-           f"--host_memory={args.host_memory}"],
+           f"--host_memory={args.host_memory}", f"--conv_algorithm={args.conv_algorithm}"],
           capture_output=True, text=True, check=False)
       if out.returncode:
         sys.exit(f"{case} {prec} failed:\n{out.stderr[-3000:]}")

@@ -45,8 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.drop_block_rate = 0.0
   config.model.drop_block_size = 7
   config.model.drop_block_stages = (3, 4)
-  # How convolutions are computed (models/conv.py): "auto" (XLA's own on GPU/TPU, the
-  # "blocked" CPU algorithm on CPU), "native" or "blocked"; same parameters and results.
+  # How convolutions are computed (models/xla_cpu): "auto" (the fast XLA:CPU algorithms, with
+  # oneDNN's convolutions where the onednn extra is installed, in computations that run on the
+  # CPU; XLA's own on GPU/TPU), "native" (XLA's own everywhere, the modules' default),
+  # "blocked" or "onednn"; same parameters, results equal up to float rounding.
   config.model.conv_algorithm = "auto"
 
   config.optimizer = ml_collections.ConfigDict()
@@ -139,7 +141,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallel = "pmap"
   config.num_devices = 0  # 0: all local devices.
   # 'retain': on a CPU backend, reuse XLA's freed step buffers instead of page-faulting them
-  # back in every step (bagtricks/host_memory.py); pays off when a step needs hundreds of MB.
+  # back in every step (models/xla_cpu/host_memory.py); pays off when a step needs hundreds of MB.
   config.host_memory = "system"
   config.distributed = ml_collections.ConfigDict()
   config.distributed.enabled = False

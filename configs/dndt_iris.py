@@ -6,6 +6,7 @@ tabular configs (DNDT and the neural decision forest).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import default as default_lib
 
@@ -13,10 +14,14 @@ from configs import default as default_lib
 def tabular_config(dataset: str) -> ml_collections.ConfigDict:
   """The digits default turned into a small-table run: no image ops, Adam, constant lr."""
   config = default_lib.get_config()
+  # A table's own fields only: the image fields of the digits default do not apply.
+  config.dataset = ml_collections.ConfigDict()
   config.dataset.name = dataset
+  config.dataset.data_dir = config_dict.placeholder(str)
+  config.dataset.train_split = "train"
+  config.dataset.eval_split = "test"
   config.dataset.test_fraction = 0.2  # Stratified; standardization fitted on train only.
   config.dataset.split_seed = 0
-  config.dataset.train_pp = "normalize"  # Unused by tables (kept valid).
   config.model = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"
   config.optimizer.base_lr = 0.01

@@ -1,4 +1,4 @@
-"""The digits recipe sized for the pre-training study (``python -m bagtricks.pretrain_study``).
+"""The digits recipe sized for the pre-training study (``python -m bagtricks.studies.pretrain_study``).
 
 The default ResNet-18-D (width 1/4) with batch 32, so that 10 % of the digits 5–9 (about 70
 images) still make two batches per epoch; the learning rate is the default's 0.1 per 256

@@ -1,6 +1,6 @@
 """The RegNet design-space study at toy scale: random RegNetX and RegNetY on the digits.
 
-``python -m bagtricks.design_space --config=configs/regnet_space_digits.py`` samples
+``python -m bagtricks.studies.design_space --config=configs/regnet_space_digits.py`` samples
 ``design_space.num_models`` networks from each design space (Radosavovic et al. 2020, §3: d,
 w_0, w_a, w_m, g, b drawn at random, kept only within the FLOP regime), trains each with the
 default digits recipe for a short schedule, and plots each space's error EDF. The ranges are the

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from models.trees import tree_feature_subsets
 
@@ -218,7 +219,8 @@ def plot_soft_tree(kernel: np.ndarray, leaf_logits: np.ndarray, input_shape: Seq
                + ("" if levels == depth else f" (top {levels} of {depth} levels; bottom row: "
                   "mean of each subtree's leaves)"), fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  with epath.Path(path).open("wb") as f:  # Local or remote (gs://) workdirs.
+    fig.savefig(f, format="png", dpi=110)
   plt.close(fig)
 
 
@@ -237,7 +239,7 @@ def soft_tree_report(config, params: Dict[str, Any], source, workdir: str) -> Di
   """
   del config
   info = source.info()
-  path = os.path.join(workdir, "tree.png")
+  path = os.fspath(epath.Path(workdir) / "tree.png")
   try:
     plot_soft_tree(params["inner"]["kernel"], params["leaf_logits"], info.input_shape,
                    _class_names(info), path)
@@ -283,9 +285,8 @@ def dndt_report(config, params: Dict[str, Any], source, workdir: str) -> Dict[st
     rules = export_dndt_rules(cuts, np.asarray(params["leaf_scores"][t]), subset, table,
                               train_x)
     sections.append("\n".join(header) + "\n" + rules)
-  path = os.path.join(workdir, "rules.txt")
-  with open(path, "w") as f:
-    f.write("\n".join(sections))
+  path = os.fspath(epath.Path(workdir) / "rules.txt")
+  epath.Path(path).write_text("\n".join(sections))
   hard = dndt_hard_predict(params, subsets, test_x)
   return {"rules_file": path,
           "rules_test_accuracy": float(np.mean(np.argmax(hard, -1) == test_y)),

@@ -18,8 +18,8 @@ quantized linear function (§3.3 of the paper):
 The stem is one 3x3 stride-2 conv of width 32; the head is global average pooling and a fully
 connected layer. Layer names, widths and layouts follow timm's `regnet.py`, so that parameter
 counts and FLOPs equal timm's (e.g. `regnetx_002`: 2,684,792 parameters) and timm weights
-load one to one. Convolutions and norms are built by the ResNet helpers (`resnet._conv`,
-`resnet._norm`), so every ResNet option (norm choice, zero-γ, DropBlock, dtype) applies.
+load one to one. The options and layers are the ResNets' (`convnet.ConvNetOptions`), so every
+ResNet option (norm choice, zero-γ, DropBlock, dtype, convolution algorithm) applies.
 
 `sample_designs` draws random (d, w_0, w_a, w_m, g, b) from the RegNet design space under a
 FLOP budget, as the paper does to compare design spaces by their error distributions.
@@ -28,17 +28,19 @@ FLOP budget, as the paper does to compare design spaces by their error distribut
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-# Not `from models import resnet`: models/__init__ imports this module. The RegNet is built
-# from the ResNet's private conv and norm helpers on purpose, so both share one implementation.
-# pylint: disable=protected-access
-import models.resnet as resnet
-from models.layers import DropBlock
+from models.convnet import ConvNetOptions
+from models.convnet import global_average_pool
+from models.convnet import head_layer
+from models.convnet import maybe_drop_block
+from models.convnet import ModuleFactory
+from models.convnet import ProjectionShortcut
+from models.convnet import scale_width
 
 # Stem width of every RegNet in the paper (§3.1, Figure 3).
 STEM_WIDTH = 32
@@ -169,8 +171,8 @@ def stage_specs(design: RegNetDesign, width_multiplier: float = 1.0) -> List[Sta
   widths = block_widths(design.depth, design.w0, design.wa, design.wm)
   stages = []
   for width in sorted(set(widths)):
-    width_scaled = resnet.scale_width(width, width_multiplier)
-    group = resnet.scale_width(design.group_width, width_multiplier)
+    width_scaled = scale_width(width, width_multiplier)
+    group = scale_width(design.group_width, width_multiplier)
     out_width, group, bottleneck = compatible_widths(width_scaled, design.bottleneck_ratio,
                                                      group)
     stages.append(StageSpec(width=out_width, depth=widths.count(width), group_width=group,
@@ -213,7 +215,7 @@ def flops(design: RegNetDesign, image_size: int = 224, num_classes: int = 1000,
   Returns:
     The multiply-add count.
   """
-  stem = resnet.scale_width(stem_width, width_multiplier)
+  stem = scale_width(stem_width, width_multiplier)
   size = image_size if small_stem else _conv_output_size(image_size, 2)
   total = 9 * in_channels * stem * size * size
   in_width = stem
@@ -276,8 +278,8 @@ class RegNetBlock(nn.Module):
     group_width: Channels per group of the 3x3 conv.
     se_features: Width of the SE gate's bottleneck; 0 for no SE (RegNetX).
     zero_init_last: Whether the last norm starts with scale zero.
-    conv: Factory of conv layers (`resnet._conv`).
-    norm: Factory of normalization layers (`resnet._norm`).
+    conv: Factory of conv layers (`convnet.conv_layer`).
+    norm: Factory of normalization layers (`convnet.norm_layer`).
     se_init: Kernel initializer of the SE layers.
     drop_block: Factory of `DropBlock` layers applied after every norm, or None.
   """
@@ -287,10 +289,10 @@ class RegNetBlock(nn.Module):
   group_width: int
   se_features: int
   zero_init_last: bool
-  conv: resnet.ModuleFactory
-  norm: resnet.ModuleFactory
+  conv: ModuleFactory
+  norm: ModuleFactory
   se_init: Callable[..., Any]
-  drop_block: Optional[resnet.ModuleFactory] = None
+  drop_block: Optional[ModuleFactory] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, drop_rate: Any = 0.0) -> jnp.ndarray:
@@ -303,7 +305,7 @@ class RegNetBlock(nn.Module):
     Returns:
       [batch, ceil(height / strides), ceil(width / strides), features].
     """
-    drop = functools.partial(resnet._maybe_drop_block, self.drop_block, drop_rate)
+    drop = functools.partial(maybe_drop_block, self.drop_block, drop_rate)
     width = self.bottleneck_width
     residual = self.conv(width, 1, name='conv1')(x)
     residual = drop(nn.relu(self.norm(width, name='norm1')(residual)), 'drop1')
@@ -319,14 +321,14 @@ class RegNetBlock(nn.Module):
 
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = resnet.ProjectionShortcut(
+      shortcut = ProjectionShortcut(
           self.features, self.strides, avg_pool_downsample=False, conv=self.conv,
           norm=self.norm, name='shortcut')(x)
       shortcut = drop(shortcut, 'drop_shortcut')
     return nn.relu(residual + shortcut)
 
 
-class RegNet(nn.Module):
+class RegNet(ConvNetOptions):
   """RegNetX / RegNetY generated from a design-space point.
 
   Parameter tree (as `resnet.ResNet`): `stem_conv`/`stem_norm`; blocks `stage{s}_block{b}`
@@ -343,23 +345,14 @@ class RegNet(nn.Module):
     bottleneck_ratio: b (1 for the paper's named models).
     se_ratio: 0 (RegNetX) or 0.25 (RegNetY): SE width over the block's input width.
     stem_width: Stem conv width (32 in the paper).
-    width_multiplier: Scales the stem, stage and group widths (see `stage_specs`).
     small_stem: For 8-32 px inputs: the stem conv has stride 1 and the first stage does not
       downsample, so that the network downsamples by 8 instead of 32 (as the ResNets'
       small stem, which drops the stem stride and the max pool).
-    zero_init_last: Whether the last norm of each block's residual branch starts with scale
-      zero ("zero γ").
-    norm: 'batch' or 'group' (as `resnet.ResNet.norm`).
-    axis_name: Device axis of cross-device BatchNorm, or None.
-    bn_momentum: BatchNorm running-average decay (Flax convention).
-    bn_epsilon: Norm epsilon.
-    kernel_init: 'he_normal' or 'xavier_uniform' (as `resnet.ResNet.kernel_init`).
-    drop_block_rate: Target DropBlock rate; 0 disables it.
-    drop_block_size: DropBlock block side, capped per feature map.
-    drop_block_stages: 1-based stages that use DropBlock.
-    dtype: Compute dtype of the trunk; pooling and classifier run in float32.
-    param_dtype: Parameter dtype.
-    conv_algorithm: How convolutions are computed (as `resnet.ResNet.conv_algorithm`).
+
+  The options shared with the ResNets (width_multiplier, which scales the stem, stage and
+  group widths (see `stage_specs`), small_stem, zero_init_last, norm, axis_name,
+  bn_momentum, bn_epsilon, kernel_init, drop_block_*, dtype, param_dtype, conv_algorithm)
+  are `convnet.ConvNetOptions`, keyword-only.
   """
   depth: int
   w0: int
@@ -370,37 +363,10 @@ class RegNet(nn.Module):
   bottleneck_ratio: float = 1.0
   se_ratio: float = 0.0
   stem_width: int = STEM_WIDTH
-  width_multiplier: float = 1.0
-  small_stem: bool = False
-  zero_init_last: bool = True
-  norm: str = 'batch'
-  axis_name: Optional[str] = None
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  kernel_init: str = 'he_normal'
-  drop_block_rate: float = 0.0
-  drop_block_size: int = 7
-  drop_block_stages: Sequence[int] = (3, 4)
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_algorithm: str = 'auto'
 
   def __post_init__(self):
     # Validate on construction so that a bad value fails before any tracing.
-    resnet._check_choice('norm', self.norm, resnet.NORMS)
-    resnet._check_choice('conv_algorithm', self.conv_algorithm, resnet.CONV_ALGORITHMS)
-    resnet._check_choice('kernel_init', self.kernel_init, resnet.KERNEL_INITS)
-    if self.num_classes < 1:
-      raise ValueError(f'num_classes must be positive, got {self.num_classes}.')
-    if not self.width_multiplier > 0:
-      raise ValueError(f'width_multiplier must be positive, got {self.width_multiplier}.')
-    if not 0.0 <= self.drop_block_rate < 1.0:
-      raise ValueError(f'drop_block_rate must be in [0, 1), got {self.drop_block_rate}.')
-    num_stages = len(self.stages())  # Raises on an invalid design.
-    if self.drop_block_rate > 0 and any(s not in range(1, num_stages + 1)
-                                        for s in self.drop_block_stages):
-      raise ValueError(f'drop_block_stages={tuple(self.drop_block_stages)} must name stages '
-                       f'1..{num_stages}.')
+    self.check_options(self.num_classes, len(self.stages()))  # Raises on an invalid design.
     super().__post_init__()
 
   def design(self) -> RegNetDesign:
@@ -412,14 +378,6 @@ class RegNet(nn.Module):
   def stages(self) -> List[StageSpec]:
     """The generated stages (widths after `width_multiplier` and the compatibility rules)."""
     return stage_specs(self.design(), self.width_multiplier)
-
-  def _initializers(self) -> Tuple[Callable[..., Any], Callable[..., Any]]:
-    """Returns the (conv, dense) kernel initializers, as `resnet.ResNet`'s."""
-    if self.kernel_init == 'xavier_uniform':
-      xavier = nn.initializers.xavier_uniform()
-      return xavier, xavier
-    return (nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-            nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform'))
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = True,
@@ -435,28 +393,18 @@ class RegNet(nn.Module):
     Returns:
       Logits [batch, num_classes], always float32.
     """
-    conv_init, dense_init = self._initializers()
-    conv = functools.partial(resnet._conv, kernel_init=conv_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype, algorithm=self.conv_algorithm)
-    norm = functools.partial(
-        resnet._norm, kind=self.norm, train=train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, axis_name=self.axis_name, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+    layers = self.layers(train)
+    conv, norm = layers.conv, layers.norm
 
     x = jnp.asarray(x, self.dtype)
-    stem_width = resnet.scale_width(self.stem_width, self.width_multiplier)
+    stem_width = scale_width(self.stem_width, self.width_multiplier)
     x = conv(stem_width, 3, strides=1 if self.small_stem else 2, name='stem_conv')(x)
     x = nn.relu(norm(stem_width, name='stem_norm')(x))
 
     if drop_block_rate is None:
       drop_block_rate = self.drop_block_rate
-    drop_block = None
-    if self.drop_block_rate > 0:
-      drop_block = functools.partial(DropBlock, block_size=self.drop_block_size,
-                                     deterministic=not train)
 
     for stage_index, spec in enumerate(self.stages()):
-      stage_drop_block = drop_block if stage_index + 1 in self.drop_block_stages else None
       for block_index in range(spec.depth):
         in_width = x.shape[-1]
         x = RegNetBlock(
@@ -468,14 +416,12 @@ class RegNet(nn.Module):
             zero_init_last=self.zero_init_last,
             conv=conv,
             norm=norm,
-            se_init=conv_init,
-            drop_block=stage_drop_block,
+            se_init=layers.conv_init,
+            drop_block=self.stage_drop_block(layers, stage_index),
             name=f'stage{stage_index + 1}_block{block_index + 1}')(x, drop_block_rate)
 
-    # Pool and classify in float32, as the ResNets do.
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
-                    kernel_init=dense_init, bias_init=nn.initializers.zeros, name='head')(x)
+    return head_layer(self.num_classes, layers.dense_init, self.param_dtype)(
+        global_average_pool(x))
 
 
 # The paper's named models (Tables in its Appendix), as timm defines them; the name's digits

@@ -59,3 +59,10 @@ def jaxpr_primitives(fn, *args) -> set:
   """Names of the primitives in the top level of ``fn``'s jaxpr for ``args``."""
   import jax
   return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).eqns}
+
+
+def lowered_text(fn, *args, platform: str = "cpu") -> str:
+  """StableHLO of ``jax.jit(fn)`` for ``args``, lowered for ``platform`` (any platform: no
+  device of it is needed to lower)."""
+  import jax
+  return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bagtricks import ablate
+from bagtricks.studies import ablate
 from configs import default
 from conftest import REPO
 
@@ -47,7 +47,7 @@ def test_unknown_step_is_refused():
 @pytest.mark.slow
 def test_ablation_cli_on_digits(digits_data_dir, tmp_path):
   workdir = tmp_path / "ablate"
-  cmd = [sys.executable, "-m", "bagtricks.ablate", f"--workdir={workdir}",
+  cmd = [sys.executable, "-m", "bagtricks.studies.ablate", f"--workdir={workdir}",
          "--steps=baseline,distill", "--teacher_model=resnet18",
          "--teacher_width=0.25", "--eval_every_epochs=0.5",
          f"--config.dataset.data_dir={digits_data_dir}", "--config.model.width_multiplier=0.125",

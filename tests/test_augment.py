@@ -226,6 +226,7 @@ def test_from_config_converts_epochs_to_steps():
 
 
 @pytest.mark.parametrize("backend", ["pmap", "shard_map"])
+@pytest.mark.slow
 def test_devices_draw_different_masks(backend):
   # Inside the data-parallel step each device augments with its own key (steps.step_rng):
   # identical inputs on 8 devices come out differently, each as a direct call with that key.

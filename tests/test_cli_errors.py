@@ -70,6 +70,10 @@ def _tree_bytes(path):
   return found
 
 
+def _slow(*values):
+  return pytest.param(*values, marks=pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def finished(digits_data_dir, tmp_path_factory):
   """A finished tiny run (its workdir) and its stderr."""
@@ -79,21 +83,23 @@ def finished(digits_data_dir, tmp_path_factory):
   return root, root / "run", proc
 
 
+# Two cases in the fast tier, every case in the full one.
 @pytest.mark.parametrize("flags, names", [
     (["--config=no_such_config.py"], "--config=no_such_config.py: no such file"),
-    (["--config=broken.py"], "at line 2 of broken.py; fix the file"),
-    (["--config.no_such_field=1"], "the config has no field config.no_such_field"),
-    (["--config.model.widht_multiplier=0.5"], "Did you mean config.model.width_multiplier?"),
-    (["--config.batch_size=many"], "--config.batch_size=many"),
+    _slow(["--config=broken.py"], "at line 2 of broken.py; fix the file"),
+    _slow(["--config.no_such_field=1"], "the config has no field config.no_such_field"),
+    _slow(["--config.model.widht_multiplier=0.5"],
+          "Did you mean config.model.width_multiplier?"),
+    _slow(["--config.batch_size=many"], "--config.batch_size=many"),
     (["--config.optimizer.base_lr=-1"], "config.optimizer.base_lr=-1.0 must be > 0"),
-    (["--workdir=a_file"], "--workdir=a_file is a file"),
-    (["--workdir=a_file/run"], "--workdir=a_file/run cannot be created"),
-    (["--config.dataset.name=cifar10", "--config.dataset.data_dir=empty"],
-     "config.dataset.name='cifar10' is not prepared"),
-    (["--config.dataset.name=sklearn_diabetes"], "needs class labels"),
-    (["--config.task=no_module:Task"], "config.task='no_module:Task' does not import"),
-    (["--config.eval_every_epochs=-1"], "config.eval_every_epochs=-1.0 must be >= 0"),
-    (["positional"], "unexpected arguments ['positional']"),
+    _slow(["--workdir=a_file"], "--workdir=a_file is a file"),
+    _slow(["--workdir=a_file/run"], "--workdir=a_file/run cannot be created"),
+    _slow(["--config.dataset.name=cifar10", "--config.dataset.data_dir=empty"],
+          "config.dataset.name='cifar10' is not prepared"),
+    _slow(["--config.dataset.name=sklearn_diabetes"], "needs class labels"),
+    _slow(["--config.task=no_module:Task"], "config.task='no_module:Task' does not import"),
+    _slow(["--config.eval_every_epochs=-1"], "config.eval_every_epochs=-1.0 must be >= 0"),
+    _slow(["positional"], "unexpected arguments ['positional']"),
 ])
 def test_bad_command_line_is_one_line_exit_2_and_writes_nothing(tmp_path, flags, names):
   (tmp_path / "broken.py").write_text("def get_config():\n  return {'a': }\n")

@@ -1,4 +1,4 @@
-"""The CPU convolution algorithms of models/conv.py against `lax.conv_general_dilated`."""
+"""The CPU convolution algorithms of models/xla_cpu/conv.py against `lax.conv_general_dilated`."""
 
 import functools
 
@@ -11,9 +11,9 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 import models
-from conftest import jaxpr_primitives
-from models import conv
-from models import onednn_conv
+from conftest import jaxpr_primitives, lowered_text
+from models.xla_cpu import conv
+from models.xla_cpu import onednn
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -166,16 +166,17 @@ def test_low_precision_compute(dtype, small_blocks):
                                  atol=0.03 * scale, err_msg=name)
 
 
-def test_automatic_choice_per_backend(monkeypatch):
-  # On CPU, 'onednn' where its extension is built (tests/test_onednn_conv.py), else 'blocked'.
-  monkeypatch.setattr(onednn_conv, "_load", lambda: (None, "not built"))
-  assert conv.resolve_algorithm("auto", backend="cpu") == "blocked"
-  assert conv.resolve_algorithm("auto", backend="gpu") == "native"
-  assert conv.resolve_algorithm("auto", backend="tpu") == "native"
-  assert conv.resolve_algorithm("native", backend="cpu") == "native"
-  assert conv.resolve_algorithm("blocked", backend="gpu") == "blocked"
-  with pytest.raises(ValueError, match="conv_algorithm='fast'.*'auto', 'native', 'blocked'"):
-    conv.resolve_algorithm("fast")
+def test_automatic_choice_per_platform(monkeypatch):
+  # On CPU, 'onednn' where its extension is available (tests/test_onednn_conv.py), else
+  # 'blocked'; on other platforms XLA's own, except an explicit 'blocked'.
+  monkeypatch.setattr(onednn, "_load", lambda: (None, "not built"))
+  assert conv.resolve_algorithm("auto", "cpu") == "blocked"
+  assert conv.resolve_algorithm("auto", "cuda") == "native"
+  assert conv.resolve_algorithm("auto", "tpu") == "native"
+  assert conv.resolve_algorithm("native", "cpu") == "native"
+  assert conv.resolve_algorithm("blocked", "cuda") == "blocked"
+  with pytest.raises(ValueError, match="conv_algorithm='fast'.*'native', 'auto', 'blocked'"):
+    conv.resolve_algorithm("fast", "cpu")
 
   pointwise = dict(batch=2, size=4, in_features=3, features=5, kernel_size=1, strides=1, pad=0,
                    groups=1)
@@ -184,20 +185,27 @@ def test_automatic_choice_per_backend(monkeypatch):
   for case in (pointwise, spatial):
     x, kernel = _arrays(case)
     assert jaxpr_primitives(_conv_fn(case, "blocked"), x, kernel) == {"conv_general_dilated"}
+    assert jaxpr_primitives(_conv_fn(case, "auto"), x, kernel) == {"conv_general_dilated"}
   monkeypatch.setattr(conv, "_MIN_MATMUL_BYTES", 1)
   monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)  # Blocks of one image from here on.
   monkeypatch.setattr(conv, "_BLOCK_KERNEL_RATIO", 0)
   for case in (pointwise, spatial):
     x, kernel = _arrays(case)
-    # On this (CPU) backend 'auto' is the blocked algorithm ...
-    assert "custom_vjp_call" in jaxpr_primitives(_conv_fn(case, "auto"), x, kernel)
-    assert "conv_general_dilated" not in jaxpr_primitives(_conv_fn(case, "auto"), x, kernel)
-    # ... and it is XLA's convolution when the backend is a GPU or TPU, or when forced.
-    assert jaxpr_primitives(_conv_fn(case, "native"), x, kernel) == {"conv_general_dilated"}
-    for backend in ("gpu", "tpu"):
-      with monkeypatch.context() as patch:
-        patch.setattr(jax, "default_backend", lambda b=backend: b)
-        assert jaxpr_primitives(_conv_fn(case, "auto"), x, kernel) == {"conv_general_dilated"}
+    # The choice follows the platform the computation is lowered for, whatever the default
+    # backend: the blocked algorithm (one convolution per image, or a matrix product) where
+    # it is the CPU, XLA's one convolution where it is a GPU or TPU.
+    native_count = lowered_text(_conv_fn(case, "native"), x, kernel).count("convolution")
+    assert native_count == 1
+    cpu = lowered_text(_conv_fn(case, "auto"), x, kernel, platform="cpu")
+    if case is pointwise:
+      assert "convolution" not in cpu and "dot_general" in cpu
+    else:
+      assert cpu.count("stablehlo.convolution") == case["batch"]
+    for platform in ("cuda", "rocm", "tpu"):
+      other = lowered_text(_conv_fn(case, "auto"), x, kernel, platform=platform)
+      assert other.count("stablehlo.convolution") == 1 and "dot_general" not in other
+      blocked = lowered_text(_conv_fn(case, "blocked"), x, kernel, platform=platform)
+      assert blocked == lowered_text(_conv_fn(case, "blocked"), x, kernel, platform="cpu")
 
 
 def test_conv_module_has_flax_parameters():
@@ -215,6 +223,7 @@ def test_conv_module_has_flax_parameters():
 
 
 @pytest.mark.parametrize("backend", ["pmap", "shard_map"])
+@pytest.mark.slow
 def test_gradients_across_devices(backend, small_blocks):
   """Per-device gradients of the blocked conv equal the native ones under pmap / shard_map."""
   del small_blocks
@@ -244,6 +253,7 @@ def test_gradients_across_devices(backend, small_blocks):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_step_equal_with_and_without(monkeypatch):
   """One train step of a ResNet-18-D (small stem, 3×3 convolutions) and a ResNet-50-D (stem max
   pool, 1×1 bottleneck convolutions): blocked, oneDNN and native give the same state."""
@@ -267,7 +277,7 @@ def test_train_step_equal_with_and_without(monkeypatch):
     batch = {"image": rng.normal(size=(4, size, size, 3)).astype(np.float32),
              "label": rng.integers(0, 10, size=(4,)).astype(np.int32)}
     states = {}
-    algorithms = ("blocked", "onednn", "native") if onednn_conv.available() else ("blocked",
+    algorithms = ("blocked", "onednn", "native") if onednn.available() else ("blocked",
                                                                                   "native")
     for algorithm in algorithms:
       model = models.create_model(name, num_classes=10, width_multiplier=0.125,

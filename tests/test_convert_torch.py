@@ -21,7 +21,7 @@ import pytest
 
 import models
 from bagtricks import checkpoint
-from bagtricks import convert_torch
+from bagtricks.tools import convert_torch
 from conftest import REPO
 
 
@@ -238,7 +238,7 @@ def test_command_line_converts_a_safetensors_file(tmp_path):
   loaded = convert_torch.load_state_dict(path)
   assert sorted(loaded) == sorted(state_dict)
   out_dir = tmp_path / 'converted'
-  command = [sys.executable, '-m', 'bagtricks.convert_torch', f'--input={path}',
+  command = [sys.executable, '-m', 'bagtricks.tools.convert_torch', f'--input={path}',
              '--model=regnetx_002', f'--out_dir={out_dir}']
   done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]

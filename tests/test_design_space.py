@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from bagtricks import design_space, validate
+from bagtricks import validate
+from bagtricks.studies import design_space
 from configs import regnet_space_digits
 from conftest import REPO
 
@@ -52,7 +53,7 @@ def test_generic_regnet_config_is_checked_field_by_field():
 @pytest.mark.slow
 def test_design_space_cli_on_digits(digits_data_dir, tmp_path):
   workdir = tmp_path / "space"
-  cmd = [sys.executable, "-m", "bagtricks.design_space", f"--workdir={workdir}",
+  cmd = [sys.executable, "-m", "bagtricks.studies.design_space", f"--workdir={workdir}",
          f"--config.dataset.data_dir={digits_data_dir}", "--config.design_space.num_models=1",
          "--config.design_space.spaces=RegNetX", "--config.num_epochs=1",
          "--config.schedule.warmup_epochs=0.2", "--config.batch_size=64"]

@@ -76,6 +76,7 @@ def test_rescaling_preserves_the_sum_and_eval_is_identity():
                                 np.asarray(x))
 
 
+@pytest.mark.slow
 def test_resnet_drop_block_in_stages_3_and_4_only():
   kwargs = dict(num_classes=10, width_multiplier=0.125, small_stem=True)
   plain = models.create_model("resnet18d", **kwargs)

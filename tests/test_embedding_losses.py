@@ -107,6 +107,7 @@ def test_circle_loss_weights_are_constants():
   np.testing.assert_allclose(grad_p, want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_pairwise_circle_loss_against_per_anchor_reference():
   rng = np.random.default_rng(2)
   emb = rng.normal(size=(8, 4)).astype(np.float32)

@@ -8,7 +8,8 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 import models
-from bagtricks import compare_embeddings, compare_multilabel, data, losses, optim, precision
+from bagtricks import data, losses, optim, precision
+from bagtricks.studies import compare_embeddings, compare_multilabel
 from bagtricks import steps, validate
 from bagtricks.state import init_train_state
 from bagtricks.tasks import CenterLossTask, CircleLossTask
@@ -41,6 +42,7 @@ def _assert_trees_close(a, b, tolerance=1e-5):
                                atol=tolerance, rtol=tolerance)
 
 
+@pytest.mark.slow
 def test_centers_on_eight_devices_equal_one():
   task = CenterLossTask(10, feature_dim=2, center_weight=0.01, push_weight=0.1)
   state, step_fn, batch = _setup(task, feature_dim=2)
@@ -55,6 +57,7 @@ def test_centers_on_eight_devices_equal_one():
   assert np.all(np.abs(centers[:4]).sum(axis=1) > 0) and not np.any(centers[4:])
 
 
+@pytest.mark.slow
 def test_pairwise_circle_loss_on_eight_devices_equals_one():
   task = CircleLossTask(10, form="pair", gamma=80.0)
   state, step_fn, batch = _setup(task, feature_dim=8)
@@ -73,6 +76,7 @@ def _small_resnet(**kwargs):
                        width_multiplier=0.125, small_stem=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_feature_layer_and_cosine_head():
   model = _small_resnet(feature_dim=4, cosine_head=True)
   x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)

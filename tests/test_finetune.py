@@ -357,7 +357,7 @@ def test_init_from_that_does_not_fit_stops_before_compiling(digits_data_dir, tmp
 
 
 def test_study_target_runs_count_steps_and_stretch_them(digits_data_dir, tmp_path):
-  from bagtricks import pretrain_study
+  from bagtricks.studies import pretrain_study
   from configs import pretrain_digits
   config = pretrain_digits.get_config()
   config.dataset.data_dir = digits_data_dir

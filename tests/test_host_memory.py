@@ -16,7 +16,7 @@ from conftest import REPO
 # deleted: the page faults of calls 2 to 17, per page of that buffer.
 _FAULTS_PER_PAGE = """
 import json, resource, sys
-from bagtricks import host_memory
+from models.xla_cpu import host_memory
 retained = host_memory.retain_freed_memory() if sys.argv[1] == "retain" else None
 import jax, jax.numpy as jnp
 x = jnp.zeros((32, 1024, 1024), jnp.float32)
@@ -46,6 +46,7 @@ def _faults(mode: str) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.slow
 def test_retained_buffers_are_reused_without_page_faults():
   system = _faults("system")
   retain = _faults("retain")
@@ -64,7 +65,7 @@ def test_retained_buffers_are_reused_without_page_faults():
 def test_called_after_jax_started_warns_and_keeps_async_dispatch():
   code = ("import jax, jax.numpy as jnp\n"
           "jnp.ones(3).block_until_ready()\n"
-          "from bagtricks import host_memory\n"
+          "from models.xla_cpu import host_memory\n"
           "host_memory.retain_freed_memory()\n"
           "print(jax.config.read('jax_cpu_enable_async_dispatch'))\n")
   proc = _run(code)
@@ -88,6 +89,7 @@ print(json.dumps({"test_loss": summary["test_loss"], "steps": summary["steps"],
 """
 
 
+@pytest.mark.slow
 def test_config_retain_trains_the_same_run_with_synchronous_dispatch(digits_data_dir, tmp_path):
   results = {}
   for mode in ("system", "retain"):

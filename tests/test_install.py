@@ -69,7 +69,7 @@ def test_installed_train_command_runs_a_packaged_config(installed):
 @pytest.mark.slow
 def test_installed_runners_work_from_any_directory(installed, digits_data_dir):
   # The ablation runner with its default config (the packaged configs/default.py).
-  proc = _run([installed["python"], "-m", "bagtricks.ablate", "--steps=baseline",
+  proc = _run([installed["python"], "-m", "bagtricks.studies.ablate", "--steps=baseline",
                "--workdir=ablation", "--config.num_epochs=1", "--config.batch_size=128",
                "--config.model.width_multiplier=0.125", "--config.schedule.warmup_epochs=0.5",
                f"--config.dataset.data_dir={digits_data_dir}"], cwd=installed["cwd"])
@@ -77,7 +77,31 @@ def test_installed_runners_work_from_any_directory(installed, digits_data_dir):
   assert os.path.exists(os.path.join(installed["cwd"], "ablation", "ablation.md"))
   # The comparison runner imports the packaged configs it trains.
   proc = _run([installed["python"], "-c",
-               "from bagtricks import compare_trees; "
+               "from bagtricks.studies import compare_trees; "
                "print(compare_trees.DNDT_CONFIGS['sklearn_iris'].get_config().model.name)"],
               cwd=installed["cwd"])
   assert proc.stdout.split()[-1] == "dndt"
+
+
+def test_only_the_onednn_extra_brings_onednn_and_nothing_compiles_at_install():
+  """A plain install and the GPU/TPU/Cloud Storage/text extras fetch no oneDNN wheel; the
+  `onednn` extra (and `test`, which covers it) does. Nothing is compiled at install."""
+  import importlib.metadata
+  import tomllib
+  from packaging.requirements import Requirement
+
+  requirements = [Requirement(r) for r in importlib.metadata.requires("bagtricks")]
+  linux = {"platform_system": "Linux", "platform_machine": "x86_64"}
+
+  def names(extra):
+    return {r.name for r in requirements
+            if r.marker is None or r.marker.evaluate({**linux, "extra": extra})}
+
+  for extra in ("", "cuda12", "tpu", "gcs", "text"):
+    assert not [n for n in names(extra) if n.startswith("onednn")], extra
+  for extra in ("onednn", "test"):
+    assert {"onednn-cpu-gomp", "onednn-devel-cpu-gomp"} <= names(extra), extra
+  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    assert tomllib.load(f)["build-system"]["requires"] == ["setuptools>=68"]
+  with open(os.path.join(REPO, "setup.py")) as f:
+    assert "ext_modules" not in f.read()

@@ -1,6 +1,7 @@
-"""oneDNN convolutions (models/onednn_conv.py) against XLA's and a NumPy reference."""
+"""oneDNN convolutions (models/xla_cpu/onednn.py) against XLA's and a NumPy reference."""
 
 import functools
+import os
 import platform
 
 import jax
@@ -11,48 +12,43 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 import models
-from models import conv
-from models import onednn_conv
+from conftest import lowered_text
+from models.xla_cpu import conv
+from models.xla_cpu import extension
+from models.xla_cpu import onednn
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 LINUX_X86_64 = platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
 
-needs_onednn = pytest.mark.skipif(not onednn_conv.available(),
-                                  reason=f"oneDNN convolutions: {onednn_conv.unavailable_reason()}")
+
+
+def extension_installed() -> bool:
+  """Whether the onednn extra's wheels are installed."""
+  return None not in (extension.onednn_library(), extension._distribution_file(  # pylint: disable=protected-access
+      extension.ONEDNN_DEVEL, "dnnl.hpp"))
+
+
+needs_onednn = pytest.mark.skipif(not onednn.available(),
+                                  reason=f"oneDNN convolutions: {onednn.unavailable_reason()}")
 
 
 def test_extension_is_built_where_it_should_be():
-  """On Linux x86-64 the install builds the extension: a failed build must not pass silently."""
+  """With the onednn extra on Linux x86-64 the extension builds: a failed build must not pass
+  silently."""
   if not LINUX_X86_64:
     pytest.skip("the oneDNN extension is built on Linux x86-64 only")
-  assert onednn_conv.available(), onednn_conv.unavailable_reason()
-  assert onednn_conv.version().startswith("3."), onednn_conv.version()
-
-
-def _all_primitives(fn, *args) -> set:
-  """Names of the primitives in `fn`'s jaxpr for `args`, including nested jaxprs."""
-  names = set()
-
-  def visit(jaxpr):
-    for eqn in jaxpr.eqns:
-      names.add(eqn.primitive.name)
-      for value in eqn.params.values():
-        for item in value if isinstance(value, (tuple, list)) else (value,):
-          if hasattr(item, "eqns"):
-            visit(item)
-          elif hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
-            visit(item.jaxpr)
-
-  visit(jax.make_jaxpr(fn)(*args).jaxpr)
-  return names
+  if not extension_installed():
+    pytest.skip("the onednn extra is not installed")
+  assert onednn.available(), onednn.unavailable_reason()
+  assert onednn.version().startswith("3."), onednn.version()
 
 
 @pytest.fixture(autouse=True)
 def bounds_checking():
   """Every oneDNN call of these tests fails if a kernel writes past its buffers."""
-  onednn_conv.set_bounds_checking(True)
+  onednn.set_bounds_checking(True)
   yield
-  onednn_conv.set_bounds_checking(False)
+  onednn.set_bounds_checking(False)
 
 
 def _random_case(seed: int):
@@ -110,7 +106,7 @@ def _numpy_conv(x, kernel, strides, padding):
 def test_values_and_gradients_equal_xla(case):
   x, kernel = _arrays(case)
   strides, padding = case["strides"], case["padding"]
-  ours = functools.partial(onednn_conv.conv2d, strides=strides, padding=padding)
+  ours = functools.partial(onednn.conv2d, strides=strides, padding=padding)
 
   def reference(x_, k_):
     return lax.conv_general_dilated(x_, k_, strides, padding, dimension_numbers=NHWC,
@@ -128,6 +124,7 @@ def test_values_and_gradients_equal_xla(case):
 
 
 @needs_onednn
+@pytest.mark.slow
 def test_many_shapes_stay_in_bounds():
   """200 more random convolutions, all three passes, in bounds-checking mode: no kernel writes
   past its output or scratch space (oneDNN 3.2's 1×1 weight gradient with unequal strides
@@ -135,7 +132,7 @@ def test_many_shapes_stay_in_bounds():
   for seed in range(100, 300):
     case = _random_case(seed)
     x, kernel = _arrays(case, seed)
-    fn = functools.partial(onednn_conv.conv2d, strides=case["strides"],
+    fn = functools.partial(onednn.conv2d, strides=case["strides"],
                            padding=case["padding"])
     y, vjp = jax.vjp(fn, x, kernel)
     jax.block_until_ready(vjp(jnp.ones_like(y)))
@@ -145,13 +142,13 @@ def test_supported_convolutions():
   x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))
   pointwise = jnp.ones((1, 1, 4, 8))
   same = ((1, 1), (1, 1))
-  assert onednn_conv.supports(x, kernel, (2, 2), 1, same)
-  assert onednn_conv.supports(x, pointwise, (1, 1), 1, ((0, 0), (0, 0)))
-  assert not onednn_conv.supports(x, pointwise, (2, 2), 1, ((0, 0), (0, 0)))
-  assert not onednn_conv.supports(x, kernel, (2, 1), 1, same)
-  assert not onednn_conv.supports(x, kernel[:, :, :2], (1, 1), 2, same)
-  assert not onednn_conv.supports(x, kernel, (1, 1), 1, ((-1, 1), (1, 1)))
-  assert not onednn_conv.supports(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1),
+  assert onednn.supports(x, kernel, (2, 2), 1, same)
+  assert onednn.supports(x, pointwise, (1, 1), 1, ((0, 0), (0, 0)))
+  assert not onednn.supports(x, pointwise, (2, 2), 1, ((0, 0), (0, 0)))
+  assert not onednn.supports(x, kernel, (2, 1), 1, same)
+  assert not onednn.supports(x, kernel[:, :, :2], (1, 1), 2, same)
+  assert not onednn.supports(x, kernel, (1, 1), 1, ((-1, 1), (1, 1)))
+  assert not onednn.supports(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1),
                                   1, same)
 
 
@@ -162,7 +159,7 @@ def test_out_of_bounds_write_is_an_error_not_a_crash():
   x, kernel = _arrays(dict(batch=3, height=8, width=8, in_features=1, features=10,
                            kernel=(1, 1)))
   dy = np.ones((3, 4, 8, 10), np.float32)
-  call = functools.partial(onednn_conv._call, "backward_weights", kernel.shape,
+  call = functools.partial(onednn._call, "backward_weights", kernel.shape,
                            strides=(2, 1), padding=((0, 0), (0, 0)))
   with pytest.raises(Exception, match="oneDNN wrote past a buffer in the backward weights "
                      "pass of a 1x1 convolution, 1->10 channels"):
@@ -178,9 +175,9 @@ def test_second_call_reuses_the_plan_and_matches():
 
   @jax.jit
   def two(xa, ka, xb, kb):
-    first = onednn_conv.conv2d(xa, ka, case_a["strides"], case_a["padding"])
-    again = onednn_conv.conv2d(xa * 2, ka, case_a["strides"], case_a["padding"])
-    other = onednn_conv.conv2d(xb, kb, case_b["strides"], case_b["padding"])
+    first = onednn.conv2d(xa, ka, case_a["strides"], case_a["padding"])
+    again = onednn.conv2d(xa * 2, ka, case_a["strides"], case_a["padding"])
+    other = onednn.conv2d(xb, kb, case_b["strides"], case_b["padding"])
     return first, again, other
 
   first, again, other = two(xa, ka, xb, kb)
@@ -191,6 +188,7 @@ def test_second_call_reuses_the_plan_and_matches():
 
 
 @needs_onednn
+@pytest.mark.slow
 def test_vmap_and_device_parallel():
   """Under vmap, pmap over 8 devices and shard_map: the same values and gradients as XLA's."""
   case = dict(CASES[-4], batch=16)
@@ -206,7 +204,7 @@ def test_vmap_and_device_parallel():
     np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=2e-5 * np.abs(b).max())
 
   ours = functools.partial(loss_grads, functools.partial(
-      onednn_conv.conv2d, strides=strides, padding=padding))
+      onednn.conv2d, strides=strides, padding=padding))
   reference = functools.partial(loss_grads, lambda a, b: lax.conv_general_dilated(
       a, b, strides, padding, dimension_numbers=NHWC, precision=lax.Precision.HIGHEST))
   # vmap over groups of 4 images, each group with its own kernel scale.
@@ -237,47 +235,81 @@ def test_vmap_and_device_parallel():
 
 
 @needs_onednn
-def test_automatic_choice(monkeypatch):
-  """'auto' on CPU runs oneDNN for float32 convolutions of at least 1 MiB (256 KiB for 1×1),
-  XLA's for smaller, grouped, half-precision ones, and everything on GPU / TPU."""
-  assert conv.resolve_algorithm("auto", backend="cpu") == "onednn"
-  assert conv.resolve_algorithm("onednn", backend="gpu") == "native"
+def test_automatic_choice():
+  """'auto' in a CPU computation runs oneDNN for float32 convolutions of at least 1 MiB
+  (256 KiB for 1×1), XLA's for smaller, grouped, half-precision ones, and XLA's everywhere in
+  a GPU or TPU computation."""
+  assert conv.resolve_algorithm("auto", "cpu") == "onednn"
+  assert conv.resolve_algorithm("onednn", "cuda") == "native"
   big = dict(batch=8, height=32, width=32, in_features=32, features=32, kernel=(3, 3),
              strides=(1, 1), padding=((1, 1), (1, 1)))  # 1 MiB of input.
   pointwise = dict(big, batch=2, kernel=(1, 1), padding=((0, 0), (0, 0)))  # 256 KiB.
 
-  def primitives(case, algorithm="auto", groups=1, dtype=jnp.float32):
+  def lowered(case, algorithm="auto", groups=1, dtype=jnp.float32, platform="cpu"):
     x, kernel = _arrays(case)
     kernel = kernel[:, :, :case["in_features"] // groups]
     fn = lambda a, b: conv.conv_general_dilated(
         a, b, case["strides"], case["padding"], dimension_numbers=NHWC,
         feature_group_count=groups, algorithm=algorithm)
-    return _all_primitives(fn, jnp.asarray(x, dtype), jnp.asarray(kernel, dtype))
+    return lowered_text(fn, jnp.asarray(x, dtype), jnp.asarray(kernel, dtype),
+                        platform=platform)
 
+  target = "bagtricks_onednn_conv_forward"
   for case in (big, pointwise):
-    assert "ffi_call" in primitives(case)
-    assert "ffi_call" in primitives(case, "onednn")
-    assert "ffi_call" not in primitives(case, "blocked")
-    assert "ffi_call" not in primitives(case, groups=2)
-    assert "ffi_call" not in primitives(case, dtype=jnp.bfloat16)
-    assert primitives(dict(case, batch=1)) == {"conv_general_dilated"}  # Under the threshold.
-    with monkeypatch.context() as patch:
-      patch.setattr(jax, "default_backend", lambda: "gpu")
-      assert primitives(case) == {"conv_general_dilated"}
+    assert target in lowered(case)
+    assert target in lowered(case, "onednn")
+    assert target not in lowered(case, "blocked")
+    assert target not in lowered(case, groups=2)
+    assert target not in lowered(case, dtype=jnp.bfloat16)
+    below = lowered(dict(case, batch=1))  # Under the threshold.
+    assert target not in below and below.count("stablehlo.convolution") == 1
+    for platform in ("cuda", "tpu"):
+      for algorithm in ("auto", "onednn"):
+        other = lowered(case, algorithm, platform=platform)
+        assert target not in other and other.count("stablehlo.convolution") == 1
 
 
 def test_unavailable_extension_is_a_clear_error(monkeypatch):
   """Without the extension 'auto' falls back to 'blocked' and 'onednn' names the reason."""
-  onednn_conv.set_bounds_checking(False)
-  monkeypatch.setattr(onednn_conv, "_load", lambda: (None, "the extension is not built"))
-  assert conv.resolve_algorithm("auto", backend="cpu") == "blocked"
-  assert conv.resolve_algorithm("onednn", backend="tpu") == "native"
+  onednn.set_bounds_checking(False)
+  monkeypatch.setattr(onednn, "_load", lambda: (None, "the extension is not built"))
+  assert conv.resolve_algorithm("auto", "cpu") == "blocked"
+  assert conv.resolve_algorithm("onednn", "tpu") == "native"
   with pytest.raises(ValueError, match="conv_algorithm='onednn' is unavailable: the extension "
                      "is not built; use 'auto' or 'blocked'"):
-    conv.resolve_algorithm("onednn", backend="cpu")
+    conv.resolve_algorithm("onednn", "cpu")
   model = models.create_model("resnet18d", num_classes=2, width_multiplier=0.125,
                               conv_algorithm="onednn")
   with pytest.raises(ValueError, match="conv_algorithm='onednn' is unavailable"):
     model.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 3)))
   with pytest.raises(RuntimeError, match="the extension is not built"):
-    onednn_conv.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), (1, 1), ((1, 1),) * 2)
+    onednn.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), (1, 1), ((1, 1),) * 2)
+
+
+def test_without_the_extra_nothing_is_compiled(monkeypatch, tmp_path):
+  """A plain install (no onednn wheels) compiles nothing and says which extra to install."""
+  monkeypatch.setenv("BAGTRICKS_CACHE_DIR", str(tmp_path))
+  monkeypatch.setattr(extension, "_distribution_file", lambda distribution, suffix: None)
+
+  def no_compiler(*args, **kwargs):
+    raise AssertionError(f"ran {args}")
+
+  monkeypatch.setattr(extension.subprocess, "run", no_compiler)
+  path, reason = extension.build()
+  assert path is None
+  assert reason == "the onednn extra is not installed (pip install 'bagtricks[onednn]')"
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not (LINUX_X86_64 and extension_installed()),
+                    reason="needs the onednn extra on Linux x86-64")
+@pytest.mark.slow
+def test_extension_compiles_once_into_the_cache(monkeypatch, tmp_path):
+  monkeypatch.setenv("BAGTRICKS_CACHE_DIR", str(tmp_path))
+  path, reason = extension.build()
+  assert reason == "" and os.path.dirname(path) == str(tmp_path), reason
+  built = os.stat(path).st_mtime_ns
+  monkeypatch.setattr(extension.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+  assert extension.build() == (path, "")
+  assert os.stat(path).st_mtime_ns == built
+  assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(path)]

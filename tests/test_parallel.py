@@ -33,6 +33,7 @@ def setup():
 
 
 @pytest.mark.parametrize("backend", ["pmap", "shard_map"])
+@pytest.mark.slow
 def test_eight_devices_equal_one(setup, backend):
   state, step_fn, batch = setup
   one, m1 = run_data_parallel(state, step_fn, batch, 1, backend)
@@ -49,6 +50,7 @@ def test_eight_devices_equal_one(setup, backend):
                          np.asarray(jax.tree_util.tree_leaves(state.params)[0]))
 
 
+@pytest.mark.slow
 def test_backends_agree(setup):
   state, step_fn, batch = setup
   pmap_state, _ = run_data_parallel(state, step_fn, batch, 8, "pmap")

@@ -1,4 +1,4 @@
-"""models/pooling.py's max pool against `flax.linen.max_pool` and a hand-computed gradient."""
+"""models/xla_cpu/pooling.py's max pool against `flax.linen.max_pool` and a hand-computed gradient."""
 
 import flax.linen as nn
 import jax
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jaxpr_primitives
-from models import pooling
+from conftest import lowered_text
+from models.xla_cpu import pooling
 
 # (window, strides, padding, input size): the ResNet stem's pool, non-overlapping, stride 1,
 # a non-square window with asymmetric padding, and an odd input size.
@@ -81,14 +81,20 @@ def test_low_precision(dtype):
   np.testing.assert_array_equal(np.asarray(grad, np.float32), np.asarray(ref, np.float32))
 
 
-def test_automatic_choice_per_backend(monkeypatch):
+def test_automatic_choice_per_platform():
   x = np.zeros((1, 6, 6, 2), np.float32)
-  pool = lambda algorithm: lambda x_: pooling.max_pool(x_, (3, 3), (2, 2), ((1, 1), (1, 1)),
-                                                       algorithm=algorithm)
-  assert "custom_vjp_call" in jaxpr_primitives(pool("auto"), x)  # This backend is the CPU.
-  assert "reduce_window_max" in jaxpr_primitives(pool("native"), x)
-  for backend in ("gpu", "tpu"):
-    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
-    assert "reduce_window_max" in jaxpr_primitives(pool("auto"), x)
+
+  def pooled_grad(algorithm):
+    return jax.grad(lambda x_: jnp.sum(pooling.max_pool(x_, (3, 3), (2, 2), ((1, 1), (1, 1)),
+                                                        algorithm=algorithm)))
+
+  # XLA's gradient of a max pool is a select_and_scatter; this module's is not. 'auto' is
+  # this module's where the computation is lowered for the CPU, XLA's elsewhere.
+  assert "select_and_scatter" in lowered_text(pooled_grad("native"), x)
+  assert "select_and_scatter" not in lowered_text(pooled_grad("auto"), x)
+  for platform in ("cuda", "tpu"):
+    assert "select_and_scatter" in lowered_text(pooled_grad("auto"), x, platform=platform)
+    assert "select_and_scatter" not in lowered_text(pooled_grad("blocked"), x,
+                                                    platform=platform)
   with pytest.raises(ValueError, match="conv_algorithm='fast'"):
     pooling.max_pool(x, (3, 3), algorithm="fast")

@@ -97,6 +97,7 @@ def _fp16_setup(num_classes=3):
   return state, step
 
 
+@pytest.mark.slow
 def test_train_step_with_injected_inf_leaves_state_unchanged():
   state, step = _fp16_setup()
   dp = DataParallel("pmap", jax.local_devices()[:1])

@@ -1,10 +1,10 @@
-"""Tests for bagtricks.preprocess against NumPy and closed-form references."""
+"""Tests for bagtricks.data.preprocess against NumPy and closed-form references."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from bagtricks import preprocess
+from bagtricks.data import preprocess
 
 TRAIN_SPEC = ("random_resized_crop(24)|flip_lr|color_jitter(0.4, 0.4, 0.4)"
               "|lighting(0.1)|normalize")

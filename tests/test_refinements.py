@@ -53,6 +53,7 @@ def _layout(batch, n):
   return {k: v.reshape((n, -1) + v.shape[1:]) for k, v in batch.items()}
 
 
+@pytest.mark.slow
 def test_distillation_step_loss_equals_numpy(tiny):
   task = ClassificationTask(10, label_smoothing=0.1, distill_temperature=4.0,
                             distill_soft_weight=0.7)
@@ -80,6 +81,7 @@ def test_distillation_step_loss_equals_numpy(tiny):
   assert loss == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_ema_in_the_step_follows_the_recursion(tiny):
   task = ClassificationTask(10)
   decay = optim.ema_decay_schedule(0.9, warmup=True)
@@ -108,6 +110,7 @@ def test_ema_decay_schedule_values():
   assert float(optim.ema_decay_schedule(0.999, warmup=False)(0)) == pytest.approx(0.999)
 
 
+@pytest.mark.slow
 def test_everything_on_under_eight_devices_both_backends_agree(tiny):
   # mixup/CutMix, Cutout, GridMask, DropBlock, distillation and EMA in one step on 8 devices:
   # pmap and shard_map run the same per-device program, so they must agree.

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import models
+from models import convnet
 from models import resnet
 
 # Compiler options that make XLA:CPU compile quickly and run slowly.
@@ -402,7 +403,7 @@ def test_zero_init_blocks_start_as_relu_of_shortcut(block):
     (64, 32), (2048, 32), (96, 32), (48, 24), (40, 20), (80, 20), (8, 8),
     (7, 7), (1, 1)])
 def test_group_norm_num_groups(num_channels, expected_groups):
-  assert resnet.group_norm_num_groups(num_channels) == expected_groups
+  assert convnet.group_norm_num_groups(num_channels) == expected_groups
 
 
 def test_group_norm_variant():

@@ -172,6 +172,7 @@ def _tiny_seq_config(name="seq_copy"):
   return config
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_train_the_same_and_eval_gathers_every_example(tmp_path):
   from bagtricks import data, train
   summaries = {}

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from bagtricks import checkpoint, data, train, validate
+from bagtricks import checkpoint, data, events, train, validate
 from conftest import REPO, tiny_config
 
 # The CLI overrides that turn configs/default.py into tiny_config (3 epochs of 22 steps).
@@ -25,10 +25,15 @@ TINY_FLAGS = ["--config.model.width_multiplier=0.125", "--config.batch_size=64",
 TOTAL_STEPS = 66
 
 
-def _cli(workdir, data_dir, cache_dir, *extra):
+def _cli(workdir, data_dir, cache_dir, *extra, bucket_root=None):
+  """The training command on the tiny config; with ``bucket_root``, under the fake Cloud
+  Storage of tests/fake_gcs.py, whose ``gs://`` objects are files under that directory."""
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  cmd = [sys.executable, os.path.join(REPO, "train.py"), f"--workdir={workdir}",
+  command = [os.path.join(REPO, "train.py")]
+  if bucket_root is not None:
+    command = [os.path.join(REPO, "tests", "fake_gcs.py"), str(bucket_root)]
+  cmd = [sys.executable, *command, f"--workdir={workdir}",
          f"--config.dataset.data_dir={data_dir}", *TINY_FLAGS, *extra]
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -145,6 +150,50 @@ def test_sigterm_saves_and_resumes(reference_run, digits_data_dir):
   _assert_bitwise_equal(_final_state(workdir)[1], _final_state(reference_run["workdir"])[1])
 
 
+@pytest.mark.slow
+def test_workdir_in_a_bucket_runs_resumes_after_sigkill_and_evaluates_again(
+    reference_run, digits_data_dir, tmp_path):
+  """A ``gs://`` workdir on a fake Cloud Storage: records, events and checkpoints all reach the
+  bucket (no local ``gs:`` directory, no appends), and a killed run resumes bit for bit."""
+  bucket = tmp_path / "bucket_root"
+  local = bucket / "bucket" / "run"  # Where the fake keeps gs://bucket/run.
+  workdir = "gs://bucket/run"
+  proc = _cli(workdir, digits_data_dir, reference_run["cache"], bucket_root=bucket)
+  deadline = time.time() + 300
+  while not [s for s in _saved_steps(local) if s >= 10
+             and os.path.exists(os.path.join(local, "checkpoints", str(s), "commit_success.txt"))]:
+    assert proc.poll() is None and time.time() < deadline, (
+        "run ended before it could be killed: " + proc.communicate()[1][-3000:])
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert not os.path.exists(local / "summary.json")
+
+  code, out, err = _finish(_cli(workdir, digits_data_dir, reference_run["cache"],
+                                bucket_root=bucket))
+  assert code == 0, err[-3000:]
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert 10 <= summary["resumed_from_step"] < TOTAL_STEPS and summary["steps"] == TOTAL_STEPS
+  _assert_bitwise_equal(_final_state(local)[1], _final_state(reference_run["workdir"])[1])
+  assert summary["test_accuracy"] == reference_run["summary"]["test_accuracy"]
+  assert not os.path.exists(os.path.join(REPO, "gs:")) and not os.path.exists("gs:")
+
+  code, out, err = _finish(_cli(workdir, digits_data_dir, reference_run["cache"],
+                                "--evaluate_again", bucket_root=bucket))
+  assert code == 0, err[-3000:]
+  again = json.loads((local / "summary.json").read_text())
+  assert again["evaluations"] == 2 and again["test_accuracy"] == summary["test_accuracy"]
+  assert json.loads((local / "config.json").read_text())["model"]["width_multiplier"] == 0.125
+  records = [json.loads(l) for l in (local / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in records if "loss" in r]
+  assert steps == sorted(set(steps)) and steps[-1] == TOTAL_STEPS
+  assert [r["evaluation"] for r in records if "evaluation" in r] == [2]
+  # TensorBoard holds each training step once too, across the killed and the resumed run.
+  logged = [e.step for f in events.event_files(str(local)) for e in events.read_events(f)
+            if any(v.tag == "loss" for v in e.summary.value)]
+  assert sorted(logged) == sorted(set(logged)) and max(logged) == TOTAL_STEPS
+
+
 def _tree_bytes(path):
   result = {}
   for root, _, files in os.walk(path):
@@ -235,6 +284,7 @@ def test_missing_dataset_stops_before_compiling(tmp_path):
   assert not os.path.exists(tmp_path / "work" / "checkpoints")
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_config_without_traceback(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "train.py"), f"--workdir={tmp_path}",

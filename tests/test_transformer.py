@@ -204,6 +204,7 @@ def test_language_model_logits_do_not_see_future_tokens():
   assert not np.allclose(changed[:, 4:], logits[:, 4:], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_padding_content_and_extra_padding_do_not_change_logits():
   model = _tiny()
   inputs = jnp.array([[5, 6, 7, 2, 0, 0, 0], [8, 2, 0, 0, 0, 0, 0]], jnp.int32)
@@ -251,6 +252,7 @@ def _cached_and_full(model, variables, inputs, decoder_inputs):
 
 @pytest.mark.parametrize("pre_layer_norm", [False, True])
 @pytest.mark.parametrize("position_encoding", ["sinusoidal", "learned"])
+@pytest.mark.slow
 def test_cached_decoding_equals_full_sequence(pre_layer_norm, position_encoding):
   model = _tiny(pre_layer_norm=pre_layer_norm, position_encoding=position_encoding,
                 share_embeddings=False)
@@ -288,6 +290,7 @@ def test_language_model_cached_decoding_equals_full_sequence():
   np.testing.assert_allclose(cached, full, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_trained_model_greedy_decoding(reversal_model):
   model, variables, inputs, targets = reversal_model
   greedy, full = _run(
@@ -319,6 +322,7 @@ def _sequence_scores(model, variables, inputs, tokens, alpha):
   return np.array(scores)
 
 
+@pytest.mark.slow
 def test_beam_search_scores_match_full_sequence_rescoring(reversal_model):
   model, variables, inputs, _ = reversal_model
   tokens, scores = _run(
@@ -370,6 +374,7 @@ class _BigramModel(nn.Module):
     return jnp.log(jnp.asarray(_BIGRAM, jnp.float32))[decoder_inputs]
 
 
+@pytest.mark.slow
 def test_beam_search_finds_a_better_sequence_than_greedy():
   model, inputs, alpha = _BigramModel(), jnp.zeros((1, 3), jnp.int32), 0.6
   penalty = ((5.0 + 2) / 6.0)**alpha
@@ -410,6 +415,7 @@ def test_transformer_base_parameter_count():
   assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(shapes))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   tokens = jnp.array([[5, 6, 2, 0]], jnp.int32)
   image = jnp.asarray(np.random.RandomState(0).rand(2, 8, 8, 1), jnp.float32)
@@ -435,6 +441,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     assert np.all(np.isfinite(logits))
 
 
+@pytest.mark.slow
 def test_patch_classifier_shapes_and_patch_size_check():
   model = transformer.PatchTransformerClassifier(num_classes=3, patch_size=2, d_model=16,
                                                  num_heads=2, d_ff=32, num_layers=1,

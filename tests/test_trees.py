@@ -162,6 +162,7 @@ def _sigmoid(z):
   return 1 / (1 + np.exp(-z))
 
 
+@pytest.mark.slow
 def test_soft_tree_loss_and_penalty_on_a_hand_computed_depth_2_tree():
   # Two examples with two pixels; three inner nodes; four leaves over two classes.
   w = np.array([[1.0, -1.0, 0.5], [0.0, 2.0, -1.0]], np.float32)
@@ -232,6 +233,7 @@ def test_soft_tree_running_alpha_follows_the_depth_windows():
     np.testing.assert_allclose(state["alpha"], running, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_soft_tree_alpha_is_the_global_batch_alpha_on_eight_devices():
   # α sums over the device axis: 8 devices holding 2 examples each give the α of all 16.
   model = models.SoftDecisionTree(num_classes=3, depth=2)

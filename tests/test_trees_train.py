@@ -8,9 +8,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import models
-from bagtricks import checkpoint, compare_trees, data, train
+from bagtricks import checkpoint, data, train
+from bagtricks.studies import compare_trees
 from conftest import REPO
 from configs import dndt_iris, ndf_tabular, sdt_digits
 from test_trees import _np_fixed_point
@@ -61,6 +63,7 @@ def test_gradient_leaves_learn_through_the_optimizer(tmp_path):
   assert np.isfinite(summary["train_loss"]) and summary["test_accuracy"] >= 0.5
 
 
+@pytest.mark.slow
 def test_soft_tree_direct_and_distilled_runs(digits_data_dir, tmp_path):
   # A quick MLP teacher, then a depth-3 soft tree on its soft targets.
   teacher = sdt_digits.get_config()
@@ -84,6 +87,7 @@ def test_soft_tree_direct_and_distilled_runs(digits_data_dir, tmp_path):
   assert os.path.getsize(tmp_path / "sdt" / "tree.png") > 10_000
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_tree_over_the_leaf_limit(tmp_path):
   proc = subprocess.run(
       [sys.executable, "train.py", "--config=configs/dndt_breast_cancer.py",

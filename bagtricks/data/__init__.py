@@ -28,11 +28,14 @@ are ``tfds.features.Translation`` (e.g. ``wmt14_translate/de-en``) through
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
+from bagtricks import config_fields
+import bagtricks.data.preprocess as preprocess
 from bagtricks.data.arrays import ArraySource
-from bagtricks.data.base import (Batch, DataError, DatasetInfo, Source, per_process_batch_size,
-                                 steps_per_epoch, to_device_layout)
+from bagtricks.data.base import (DATASET_DEFAULTS, Batch, DataError, DatasetInfo, Source,
+                                 per_process_batch_size, steps_per_epoch, to_device_layout,
+                                 with_dataset_defaults)
 from bagtricks.data.bundled import (BUNDLED_SOURCES, LOCAL_SOURCES, REGRESSION_SOURCES,
                                     TABULAR_SOURCES, TabularData, TabularSource, digits_arrays,
                                     load_tabular, prepare_sklearn_digits)
@@ -98,8 +101,47 @@ def get_source(config) -> Source:
   return TfdsImageSource(config, known_names=source_names())
 
 
+def source_defaults(config) -> Mapping[str, Any]:
+  """The optional ``config.dataset`` fields of the source ``config.dataset.name`` names (its
+  ``config_defaults``), as ``{'dataset.<field>': default}``."""
+  try:
+    factory = _REGISTRY.get(config.dataset.name)
+  except (AttributeError, KeyError, TypeError):  # No dataset name: its check reports it.
+    return {f"dataset.{k}": v for k, v in DATASET_DEFAULTS.items()}
+  if factory is None:
+    factory = TranslationSource if is_translation_dataset(config) else TfdsImageSource
+  own = getattr(factory, "config_defaults", {})
+  return {f"dataset.{k}": v for k, v in {**DATASET_DEFAULTS, **own}.items()}
+
+
+def dataset_problems(config) -> List[str]:
+  """``config.dataset``'s values that no source accepts (found without reading any data)."""
+  problems: List[str] = []
+  # Image fields, where the config has them (a table or token source has none).
+  for field in ("dataset.image_size", "dataset.channels", "dataset.shuffle_buffer"):
+    if config_fields.has(config, field):
+      problems += config_fields.positive(config, field, integer=True)
+  if config_fields.has(config, "dataset.test_fraction"):
+    fraction = config.dataset.test_fraction
+    if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+      problems.append(f"config.dataset.test_fraction={fraction!r} must be in (0, 1).")
+  for field in ("train_pp", "eval_pp"):
+    if field not in config.dataset:
+      continue
+    try:
+      preprocess.get_preprocess_fn(config.dataset[field])
+    except ValueError as e:
+      problems.append(f"config.dataset.{field}: {e}")
+  return problems
+
+
+# The dataset and the optional fields of the source it names.
+DATASET_FIELDS = config_fields.ConfigFields("dataset", defaults=source_defaults,
+                                            check=dataset_problems)
+
+
 __all__ = [
-    "ArrayEvalBatches", "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
+    "DATASET_FIELDS", "ArrayEvalBatches", "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
     "DatasetInfo", "DigitMosaicSource", "DigitsPKSource", "EOS_ID", "LOCAL_SOURCES", "PAD_ID",
     "PaddedEvalBatches",
     "REGRESSION_SOURCES", "SEQUENCE_SOURCES", "SOURCE_NAMES", "SentencePieceTokenizer",

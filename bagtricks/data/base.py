@@ -15,6 +15,8 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Protocol, runtime_ch
 import jax
 import numpy as np
 
+from bagtricks import config_fields
+
 Batch = Dict[str, np.ndarray]
 
 
@@ -113,6 +115,21 @@ class Source(Protocol):
       0.0 for padding.
     """
     ...
+
+
+# The ``config.dataset`` fields every source reads, and their defaults.
+DATASET_DEFAULTS = {"data_dir": None, "train_split": "train", "eval_split": "test"}
+
+
+def with_dataset_defaults(config, defaults: Optional[Dict[str, Any]] = None):
+  """A copy of ``config`` whose ``dataset`` has ``DATASET_DEFAULTS`` and a source's own
+  ``defaults`` (``{field: default}``) where it lacks them.
+
+  Each source declares its optional fields once (``config_defaults``) and reads them as
+  attributes; ``DATASET_FIELDS`` gives the run config the same defaults.
+  """
+  fields = {f"dataset.{k}": v for k, v in {**DATASET_DEFAULTS, **(defaults or {})}.items()}
+  return config_fields.complete(config, [config_fields.ConfigFields("dataset", fields)])
 
 
 def per_process_batch_size(global_batch_size: int) -> int:

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from bagtricks.data.arrays import ArraySource
-from bagtricks.data.base import DataError
+from bagtricks.data.base import DataError, with_dataset_defaults
 from bagtricks.data.tfds_images import TfdsImageSource, resolve_data_dir
 
 # Datasets written once into a local TFDS dataset and then read through the TFDS image
@@ -115,6 +115,9 @@ def digits_source(config) -> TfdsImageSource:
   return TfdsImageSource(config)
 
 
+digits_source.config_defaults = TfdsImageSource.config_defaults  # A TfdsImageSource's fields.
+
+
 # ------------------------------------------------------------------------------------------
 # The bundled tables.
 
@@ -204,7 +207,7 @@ def load_tabular(name: str, test_fraction: float = 0.2, split_seed: int = 0) -> 
 class TabularSource(ArraySource):
   """A bundled table as an ``ArraySource`` (``config.dataset.name`` names the table).
 
-  Reads ``config.dataset.test_fraction`` (default 0.2) and ``split_seed`` (default 0). Batches
+  Reads ``config.dataset.test_fraction`` and ``split_seed`` (``config_defaults``). Batches
   are ``{'features': float32 [..., num_features], 'label': int32 [...]}``, or ``'target'``
   float32 in place of ``'label'`` for a regression table.
 
@@ -213,9 +216,13 @@ class TabularSource(ArraySource):
     class_names: one name per class; ``None`` for a regression table.
   """
 
+  # A stratified 80/20 split, the same for every run.
+  config_defaults = {"test_fraction": 0.2, "split_seed": 0}
+
   def __init__(self, config):
+    config = with_dataset_defaults(config, self.config_defaults)
     dc = config.dataset
-    self.table = load_tabular(dc.name, dc.get("test_fraction", 0.2), dc.get("split_seed", 0))
+    self.table = load_tabular(dc.name, dc.test_fraction, dc.split_seed)
     target_key = "target" if self.table.is_regression else "label"
     splits = {split: {"features": features, target_key: targets}
               for split, (features, targets) in self.table.splits.items()}

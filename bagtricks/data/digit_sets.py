@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from bagtricks.data.arrays import ArraySource
-from bagtricks.data.base import Batch, DataError, per_process_batch_size, to_device_layout
+from bagtricks.data.base import (Batch, DataError, per_process_batch_size, to_device_layout,
+                                 with_dataset_defaults)
 from bagtricks.data.bundled import digits_arrays
 
 NUM_DIGIT_CLASSES = 10
@@ -50,14 +51,18 @@ class DigitsPKSource(ArraySource):
       batch.
   """
 
+  # 0: the batch sampler is not P×K (config.dataset.classes_per_batch must then be set).
+  config_defaults = {"classes_per_batch": 0}
+
   def __init__(self, config):
+    config = with_dataset_defaults(config, self.config_defaults)
     arrays = digits_arrays()
     images = _standardize({k: v[0] for k, v in arrays.items()})
     splits = {k: {"image": images[k], "label": arrays[k][1].astype(np.int32)}
               for k in arrays}
     super().__init__(config, splits, input_key="image", num_classes=NUM_DIGIT_CLASSES,
                      class_names=tuple(str(d) for d in range(NUM_DIGIT_CLASSES)))
-    self.classes_per_batch = config.dataset.get("classes_per_batch", 0)
+    self.classes_per_batch = config.dataset.classes_per_batch
     batch = per_process_batch_size(config.batch_size)
     p = self.classes_per_batch
     if not isinstance(p, int) or not 2 <= p <= NUM_DIGIT_CLASSES or batch % p:
@@ -142,14 +147,17 @@ class DigitMosaicSource(ArraySource):
     DataError: ``hidden_fraction`` is not in [0, 1).
   """
 
+  config_defaults = {"hidden_fraction": 0.0, "num_train": 2000, "num_test": 1000}
+
   def __init__(self, config):
+    config = with_dataset_defaults(config, self.config_defaults)
     dc = config.dataset
-    hidden = dc.get("hidden_fraction", 0.0)
+    hidden = dc.hidden_fraction
     if not isinstance(hidden, (int, float)) or not 0.0 <= hidden < 1.0:
       raise DataError(f"config.dataset.hidden_fraction={hidden!r} must be in [0, 1) (0 = "
                       "every label known).")
     arrays = digits_arrays()
-    sizes = {"train": dc.get("num_train", 2000), "test": dc.get("num_test", 1000)}
+    sizes = {"train": dc.num_train, "test": dc.num_test}
     made = {split: make_mosaics(*arrays[split], sizes[split],
                                 hidden if split == "train" else 0.0, seed=index)
             for index, split in enumerate(("train", "test"))}

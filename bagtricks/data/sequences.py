@@ -60,7 +60,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 
 from bagtricks.data.arrays import ArraySource
-from bagtricks.data.base import DataError, DatasetInfo
+from bagtricks.data.base import DataError, DatasetInfo, with_dataset_defaults
 from bagtricks.data.tokenizers import EOS_ID, NUM_SPECIAL_IDS, PAD_ID, strip_special_ids
 
 TASKS = ("copy", "reverse", "sort", "add")
@@ -195,17 +195,15 @@ class SequenceTask:
   @classmethod
   def from_config(cls, config) -> "SequenceTask":
     """The task of ``config.dataset`` (``name`` ``'seq_<task>'`` and the length fields)."""
-    dc = config.dataset
+    dc = with_dataset_defaults(config, SequenceTaskSource.config_defaults).dataset
     name = dc.name
     task = name[len(SEQUENCE_SOURCE_PREFIX):] if name.startswith(SEQUENCE_SOURCE_PREFIX) else name
     if task not in TASKS:
       raise DataError(f"config.dataset.name={name!r} is not a sequence task; use one of "
                       f"{tuple(SEQUENCE_SOURCE_PREFIX + t for t in TASKS)}.")
-    return cls(task=task, num_symbols=dc.get("num_symbols", 10),
-               min_length=dc.get("min_length", 1),
-               max_train_length=dc.get("max_train_length", 16),
-               max_length=dc.get("max_length", 24),
-               long_fraction=dc.get("long_fraction", 0.1))
+    return cls(task=task, num_symbols=dc.num_symbols, min_length=dc.min_length,
+               max_train_length=dc.max_train_length, max_length=dc.max_length,
+               long_fraction=dc.long_fraction)
 
   @property
   def tokenizer(self) -> SymbolTokenizer:
@@ -363,14 +361,20 @@ class SequenceTaskSource(ArraySource):
     DataError: unknown task, inconsistent lengths, or too few distinct inputs.
   """
 
+  # data_seed None: the run's seed.
+  config_defaults = {"num_symbols": 10, "min_length": 1, "max_train_length": 16,
+                     "max_length": 24, "long_fraction": 0.1, "data_seed": None,
+                     "num_train_examples": 20000, "num_eval_examples": 1000}
+
   def __init__(self, config):
+    config = with_dataset_defaults(config, self.config_defaults)
     dc = config.dataset
     self.task = SequenceTask.from_config(config)
-    seed = dc.get("data_seed", None)
+    seed = dc.data_seed
     seed = config.seed if seed is None else seed
     splits = {
-        "train": self.task.make_split("train", dc.get("num_train_examples", 20000), seed),
-        "test": self.task.make_split("test", dc.get("num_eval_examples", 1000), seed),
+        "train": self.task.make_split("train", dc.num_train_examples, seed),
+        "test": self.task.make_split("test", dc.num_eval_examples, seed),
     }
     super().__init__(config, splits, input_key="inputs", num_classes=None)
     self.tokenizer = self.task.tokenizer

@@ -32,9 +32,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bagtricks import preprocess
+import bagtricks.data.preprocess as preprocess
 from bagtricks.data.base import (Batch, DataError, DatasetInfo, per_process_batch_size,
-                                 steps_per_epoch, to_device_layout)
+                                 steps_per_epoch, to_device_layout, with_dataset_defaults)
 from bagtricks.data.padded_eval import PaddedEvalBatches, num_eval_batches
 
 
@@ -69,7 +69,7 @@ def class_subset(config, num_classes: int) -> Tuple[int, ...]:
   Raises:
     DataError: not distinct integers in [0, num_classes), or fewer than two.
   """
-  classes = config.dataset.get("classes", ()) or ()
+  classes = config.dataset.classes or ()
   ok = (isinstance(classes, (tuple, list)) and len(classes) >= 2
         and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes
                 for c in classes)
@@ -99,9 +99,9 @@ def prepared_builder(config, known_names: Sequence[str] = ()) -> tfds.core.Datas
   Raises:
     DataError: the dataset is unknown or not prepared, or a configured split does not exist.
   """
-  dc = config.dataset
+  dc = with_dataset_defaults(config).dataset
   name = dc.name
-  data_dir = resolve_data_dir(dc.get("data_dir"))
+  data_dir = resolve_data_dir(dc.data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for unknown names.
@@ -130,8 +130,7 @@ class TfdsImageSource:
   Args:
     config: the run config (reads ``seed``, ``batch_size``, ``eval_batch_size`` and
       ``dataset.*``: ``name``, ``data_dir``, ``train_split``, ``eval_split``, ``image_size``,
-      ``channels``, ``train_pp``, ``eval_pp``, ``shuffle_buffer``, ``cache``, and optionally
-      ``classes``).
+      ``channels``, ``train_pp``, ``eval_pp``, and the optional ``config_defaults``).
     known_names: the non-catalog dataset names to offer when ``config.dataset.name`` is
       unknown.
 
@@ -142,11 +141,15 @@ class TfdsImageSource:
     DataError: the dataset is unknown or not prepared, or a configured split does not exist.
   """
 
+  # Every class; shuffled through a 10,000-example buffer; not cached in memory.
+  config_defaults = {"classes": (), "shuffle_buffer": 10_000, "cache": False}
+
   def __init__(self, config, known_names: Sequence[str] = ()):
+    config = with_dataset_defaults(config, self.config_defaults)
     self.config = config
     self.builder = prepared_builder(config, known_names)
     self.classes = ()
-    if config.dataset.get("classes", ()):
+    if config.dataset.classes:
       self.classes = class_subset(config, self.builder.info.features["label"].num_classes)
     self._counts: Dict[str, int] = {}
 

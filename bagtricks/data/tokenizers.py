@@ -25,7 +25,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from bagtricks.data.base import DataError
+from bagtricks.data.base import DataError, with_dataset_defaults
 
 PAD_ID = 0
 BOS_ID = 1
@@ -232,6 +232,13 @@ class SentencePieceTokenizer:
     return f"SentencePieceTokenizer(vocab_size={self.vocab_size}, path={self.path!r})"
 
 
+# The ``config.dataset`` fields of ``build_tokenizer``: bytes unless the config asks for a
+# SentencePiece vocabulary (kept under data_dir/tokenizers by default).
+TOKENIZER_DEFAULTS = {"tokenizer": "bytes", "tokenizer_dir": None, "vocab_size": 32000,
+                      "sentencepiece_model_type": "unigram", "tokenizer_sentences": 1_000_000,
+                      "character_coverage": 1.0}
+
+
 def build_tokenizer(config, train_texts: Iterable[str], name: Optional[str] = None):
   """The tokenizer that ``config.dataset`` asks for.
 
@@ -257,18 +264,16 @@ def build_tokenizer(config, train_texts: Iterable[str], name: Optional[str] = No
   Raises:
     DataError: an unknown tokenizer name, or SentencePiece is missing or cannot train.
   """
-  dc = config.dataset
-  kind = dc.get("tokenizer", "bytes") or "bytes"
+  dc = with_dataset_defaults(config, TOKENIZER_DEFAULTS).dataset
+  kind = dc.tokenizer or "bytes"
   if kind == "bytes":
     return ByteTokenizer()
   if kind == "sentencepiece":
     from bagtricks.data.tfds_images import resolve_data_dir  # pylint: disable=g-import-not-at-top
-    model_dir = dc.get("tokenizer_dir") or os.path.join(
-        resolve_data_dir(dc.get("data_dir")), "tokenizers")
+    model_dir = dc.tokenizer_dir or os.path.join(resolve_data_dir(dc.data_dir), "tokenizers")
     return SentencePieceTokenizer.train_or_load(
-        train_texts, model_dir, vocab_size=dc.get("vocab_size", 32000),
-        model_type=dc.get("sentencepiece_model_type", "unigram"),
-        max_sentences=dc.get("tokenizer_sentences", 1_000_000),
-        character_coverage=dc.get("character_coverage", 1.0),
+        train_texts, model_dir, vocab_size=dc.vocab_size,
+        model_type=dc.sentencepiece_model_type, max_sentences=dc.tokenizer_sentences,
+        character_coverage=dc.character_coverage,
         name=name or dc.name)
   raise DataError(f"config.dataset.tokenizer={kind!r} is not one of {TOKENIZER_NAMES}.")

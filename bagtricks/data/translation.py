@@ -44,10 +44,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bagtricks.data.base import (Batch, DataError, DatasetInfo, per_process_batch_size,
-                                 to_device_layout)
+                                 to_device_layout, with_dataset_defaults)
 from bagtricks.data.padded_eval import ArrayEvalBatches
 from bagtricks.data.tfds_images import prepared_builder, resolve_data_dir
-from bagtricks.data.tokenizers import EOS_ID, build_tokenizer, encode_ragged
+from bagtricks.data.tokenizers import EOS_ID, TOKENIZER_DEFAULTS, build_tokenizer, encode_ragged
 
 # Texts read from TFDS and tokenized per chunk, which bounds the memory of the Python strings.
 _READ_CHUNK = 16384
@@ -149,9 +149,9 @@ def is_translation_dataset(config) -> bool:
 
   Builds the dataset's builder (no data is read); a name TFDS does not know is not one.
   """
-  dc = config.dataset
+  dc = with_dataset_defaults(config).dataset
   try:
-    builder = tfds.builder(dc.name, data_dir=resolve_data_dir(dc.get("data_dir")))
+    builder = tfds.builder(dc.name, data_dir=resolve_data_dir(dc.data_dir))
     return isinstance(builder.info.features, tfds.features.Translation)
   except Exception:  # pylint: disable=broad-except  # TFDS raises several types.
     return False
@@ -180,7 +180,13 @@ class TranslationSource:
       language does not exist, or the bucket boundaries are invalid.
   """
 
+  # The languages: the dataset's pair; buckets: default_bucket_boundaries(max_length); the
+  # tokenizer's fields as `tokenizers.build_tokenizer` reads them.
+  config_defaults = {"max_length": 256, "bucket_boundaries": None, "source_language": None,
+                     "target_language": None, **TOKENIZER_DEFAULTS}
+
   def __init__(self, config, known_names: Sequence[str] = ()):
+    config = with_dataset_defaults(config, self.config_defaults)
     self.config = config
     dc = config.dataset
     name = dc.name
@@ -191,9 +197,8 @@ class TranslationSource:
                       f"features are {type(features).__name__}, not Translation.")
     self.builder = builder
     self.source_language, self.target_language = self._language_pair(features)
-    self.max_length = dc.get("max_length", 256)
-    boundaries = tuple(dc.get("bucket_boundaries", None)
-                       or default_bucket_boundaries(self.max_length))
+    self.max_length = dc.max_length
+    boundaries = tuple(dc.bucket_boundaries or default_bucket_boundaries(self.max_length))
     if boundaries[-1] < self.max_length:
       boundaries += (self.max_length,)
     if any(b <= a for a, b in zip(boundaries, boundaries[1:])) or boundaries[0] < 2 or (
@@ -211,8 +216,8 @@ class TranslationSource:
     builder_config = self.builder.builder_config
     pair = getattr(builder_config, "language_pair", None) if builder_config else None
     pair = pair or self.builder.info.supervised_keys or tuple(features.languages)
-    source = dc.get("source_language", None) or pair[0]
-    target = dc.get("target_language", None) or pair[1]
+    source = dc.source_language or pair[0]
+    target = dc.target_language or pair[1]
     languages = tuple(features.languages)
     for field, language in (("source_language", source), ("target_language", target)):
       if language not in languages:

@@ -12,7 +12,8 @@ import importlib
 from typing import Callable, Dict, List, Type
 
 import models
-from bagtricks.tasks.base import Refit, Task, TaskBase
+from bagtricks import config_fields
+from bagtricks.tasks.base import EXAMPLES, IMAGES, TOKENS, Refit, Task, TaskBase, Throughput
 from bagtricks.tasks.classification import ClassificationTask, logits_of, prediction_heads
 from bagtricks.tasks.embedding import CenterLossTask, CircleLossTask
 from bagtricks.tasks.multilabel import MultiLabelTask
@@ -49,7 +50,7 @@ def task_names() -> tuple:
 
 def task_name(config) -> str:
   """``config.task``, or when it is empty the default task of ``config.model``'s model."""
-  name = config.get("task", "") or ""
+  name = config.task
   if name:
     return name
   return models.get_spec(config.model.name).default_task(models.registry.model_kwargs(
@@ -93,6 +94,19 @@ def config_problems(config) -> List[str]:
   return list(task_class.check_config(config))
 
 
+def task_defaults(config) -> dict:
+  """``config.task`` (empty: the model's default) and the defaults of the task it names."""
+  try:
+    task_class = get_task_class(task_name(config))
+  except (ValueError, KeyError, AttributeError):
+    return {"task": ""}  # An unknown model or task: its check reports it.
+  return {"task": "", **task_class.config_defaults}
+
+
+# The task and the optional fields of the task it names.
+TASK_FIELDS = config_fields.ConfigFields("task", defaults=task_defaults, check=config_problems)
+
+
 def data_problems(config, dataset_info) -> List[str]:
   """The task's checks against the dataset (e.g. classification needs class labels)."""
   task_class = get_task_class(task_name(config))
@@ -100,7 +114,8 @@ def data_problems(config, dataset_info) -> List[str]:
   return list(check(config, dataset_info)) if check else []
 
 
-__all__ = ["CenterLossTask", "CircleLossTask", "ClassificationTask", "config_problems",
-           "create_task", "data_problems", "ForestTask", "get_task_class", "logits_of",
-           "MultiLabelTask", "prediction_heads", "Refit", "register_task", "Seq2SeqTask",
-           "SoftTreeTask", "Task", "TaskBase", "task_name", "task_names"]
+__all__ = ["TASK_FIELDS", "CenterLossTask", "CircleLossTask", "ClassificationTask", "config_problems",
+           "create_task", "data_problems", "EXAMPLES", "ForestTask", "get_task_class",
+           "IMAGES", "logits_of", "MultiLabelTask", "prediction_heads", "Refit",
+           "register_task", "Seq2SeqTask", "SoftTreeTask", "Task", "TaskBase", "task_name",
+           "task_names", "Throughput", "TOKENS"]

@@ -16,6 +16,7 @@ they ask the task, never "which model is this?":
       summary(sums) -> {name: float}
       examples_summary(examples) -> {name: float}                (e.g. BLEU from decoded text)
       check_config(config) -> [problem, ...]      (a classmethod: runs before anything is built)
+      config_defaults       # {dotted field: default} of the optional config fields it reads
 
 A task is built by ``from_config(config, dataset_info)``. ``TaskBase`` holds the defaults, so
 a new task only writes what differs. See ``README.md`` ("Adding a task") for a worked example.
@@ -24,7 +25,8 @@ a new task only writes what differs. See ``README.md`` ("Adding a task") for a w
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import (Any, ClassVar, Dict, List, Mapping, Optional, Protocol, Tuple,
+                    runtime_checkable)
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +65,26 @@ class Refit:
   max_batches: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+  """What a task's progress line counts per second.
+
+  Attributes:
+    unit: shown after the rate (``'img'`` → ``1411 img/s``).
+    key: the rate's name in ``metrics.jsonl`` and ``summary.json``.
+    metric: a training metric holding the units of one global batch (a sequence task's
+      real target tokens); None counts the batch's examples.
+  """
+  unit: str
+  key: str
+  metric: Optional[str] = None
+
+
+IMAGES = Throughput("img", "images_per_second")
+EXAMPLES = Throughput("examples", "examples_per_second")
+TOKENS = Throughput("tokens", "tokens_per_second", metric="target_tokens")
+
+
 @runtime_checkable
 class Task(Protocol):
   """One kind of problem on the shared train loop (see the module docstring).
@@ -82,6 +104,7 @@ class Task(Protocol):
       finite is skipped; True also keeps the task state of before that step.
     refit: a between-steps update of the task state (``Refit``), or None.
     progress_metrics: ``{metric: label}``: training metrics shown on the progress line.
+    throughput: what the progress line's rate counts (``IMAGES``, ``EXAMPLES``, ``TOKENS``).
   """
   input_keys: Tuple[str, ...]
   num_outputs: Optional[int]
@@ -90,6 +113,7 @@ class Task(Protocol):
   revert_state_on_skipped_step: bool
   refit: Optional[Refit]
   progress_metrics: Dict[str, str]
+  throughput: Throughput
 
   @classmethod
   def check_config(cls, config) -> List[str]:
@@ -147,6 +171,13 @@ class TaskBase:
   revert_state_on_skipped_step = True
   refit: Optional[Refit] = None
   progress_metrics: Dict[str, str] = {}
+  # The defaults of the optional config fields the task reads (``tasks.TASK_FIELDS``).
+  config_defaults: ClassVar[Mapping[str, Any]] = {}
+
+  @property
+  def throughput(self) -> Throughput:
+    """Images for a model that reads ``image``, else examples."""
+    return IMAGES if self.input_keys == ("image",) else EXAMPLES
 
   @classmethod
   def from_config(cls, config, dataset_info) -> "TaskBase":

@@ -65,6 +65,9 @@ class ClassificationTask(TaskBase):
     self.distill_temperature = distill_temperature
     self.distill_soft_weight = distill_soft_weight
 
+  # No label smoothing unless the config asks (Bag of Tricks: ε = 0.1).
+  config_defaults = {"label_smoothing": 0.0, "label_smoothing_mode": "paper"}
+
   @staticmethod
   def settings_from_config(config, dataset_info) -> Dict[str, Any]:
     """The constructor's keyword arguments other than ``num_classes``, from the run."""
@@ -92,7 +95,7 @@ class ClassificationTask(TaskBase):
   @classmethod
   def check_for_data(cls, config, dataset_info) -> List[str]:
     if dataset_info.num_classes is None or "label" not in dataset_info.element_spec:
-      return [f"config.task={config.get('task') or 'classification'!r} needs class labels, "
+      return [f"config.task={config.task or 'classification'!r} needs class labels, "
               f"and config.dataset.name={dataset_info.name!r} has none (its entries: "
               f"{sorted(dataset_info.element_spec)}); choose a task for its targets."]
     return []

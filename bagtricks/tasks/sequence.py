@@ -19,7 +19,7 @@ import numpy as np
 from jax import lax
 
 from bagtricks import losses
-from bagtricks.tasks.base import TaskBase
+from bagtricks.tasks.base import TOKENS, TaskBase
 from bagtricks.tasks.classification import logits_of
 from models import transformer as decoding
 
@@ -56,6 +56,7 @@ class Seq2SeqTask(TaskBase):
 
   input_keys = ("inputs", "targets")
   progress_metrics = {"token_accuracy": "tok_acc"}
+  throughput = TOKENS
 
   def __init__(self, vocab_size: int, label_smoothing: float = 0.1, beam_size: int = 1,
                length_penalty: float = 0.6, tokenizer: Any = None, bleu: bool = False):
@@ -66,12 +67,16 @@ class Seq2SeqTask(TaskBase):
     self.tokenizer = tokenizer
     self.bleu = bleu
 
+  # Greedy decoding and no BLEU unless the config asks (the paper: beam 4, α = 0.6).
+  config_defaults = {"label_smoothing": 0.0, "seq2seq.beam_size": 1,
+                     "seq2seq.length_penalty": 0.6, "seq2seq.bleu": False}
+
   @classmethod
   def from_config(cls, config, dataset_info) -> "Seq2SeqTask":
-    seq = config.get("seq2seq") or {}
+    seq = config.seq2seq
     return cls(dataset_info.vocab_size, label_smoothing=config.label_smoothing,
-               beam_size=seq.get("beam_size", 1), length_penalty=seq.get("length_penalty", 0.6),
-               tokenizer=dataset_info.tokenizer, bleu=seq.get("bleu", False))
+               beam_size=seq.beam_size, length_penalty=seq.length_penalty,
+               tokenizer=dataset_info.tokenizer, bleu=seq.bleu)
 
   @classmethod
   def check_config(cls, config) -> List[str]:
@@ -79,15 +84,15 @@ class Seq2SeqTask(TaskBase):
     if not isinstance(config.label_smoothing, (int, float)) or not (
         0.0 <= config.label_smoothing < 1.0):
       problems.append(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
-    seq = config.get("seq2seq") or {}
-    beam = seq.get("beam_size", 1)
+    seq = config.seq2seq
+    beam = seq.beam_size
     if not isinstance(beam, int) or isinstance(beam, bool) or beam < 1:
       problems.append(f"config.seq2seq.beam_size={beam!r} must be a positive integer "
                       "(1 = greedy).")
-    alpha = seq.get("length_penalty", 0.6)
+    alpha = seq.length_penalty
     if not isinstance(alpha, (int, float)) or alpha < 0:
       problems.append(f"config.seq2seq.length_penalty={alpha!r} must be >= 0.")
-    if seq.get("bleu", False):
+    if seq.bleu:
       try:
         import sacrebleu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
       except ImportError:
@@ -99,12 +104,11 @@ class Seq2SeqTask(TaskBase):
   def check_for_data(cls, config, dataset_info) -> List[str]:
     missing = [k for k in cls.input_keys if k not in dataset_info.element_spec]
     if missing or dataset_info.vocab_size is None:
-      return [f"config.task={config.get('task') or 'seq2seq'!r} needs token 'inputs' and "
+      return [f"config.task={config.task or 'seq2seq'!r} needs token 'inputs' and "
               f"'targets' and a vocabulary size, and config.dataset.name={dataset_info.name!r} "
               f"has entries {sorted(dataset_info.element_spec)} (vocab_size "
               f"{dataset_info.vocab_size}); choose a sequence dataset (e.g. 'seq_reverse')."]
-    seq = config.get("seq2seq") or {}
-    if seq.get("bleu", False) and dataset_info.tokenizer is None:
+    if config.seq2seq.bleu and dataset_info.tokenizer is None:
       return [f"config.seq2seq.bleu=True needs text, and config.dataset.name="
               f"{dataset_info.name!r} has no tokenizer to detokenize with; set it to False."]
     return []
@@ -118,10 +122,14 @@ class Seq2SeqTask(TaskBase):
     devices = _global_sum(jnp.float32(1.0), axis_name)
     # Scaled so that the mean over devices (of the loss, its gradient and the metrics) is
     # the per-token mean over the global batch.
-    scale = devices / jnp.maximum(_global_sum(jnp.sum(weights), axis_name), 1.0)
+    target_tokens = _global_sum(jnp.sum(weights), axis_name)
+    scale = devices / jnp.maximum(target_tokens, 1.0)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     loss = jnp.sum(token_losses * weights) * scale
-    return loss, task_state, {"token_accuracy": jnp.sum(correct * weights) * scale}
+    # The global batch's real target tokens (the same on every device): the progress line's
+    # tokens/s.
+    return loss, task_state, {"token_accuracy": jnp.sum(correct * weights) * scale,
+                              "target_tokens": target_tokens}
 
   def decode(self, model, variables, inputs: jnp.ndarray, max_decode_len: int) -> jnp.ndarray:
     """Decoded token ids ``[batch, max_decode_len]`` (EOS included, then padding)."""

@@ -1,6 +1,6 @@
 r"""Ablation runner: the Bag of Tricks refinements stacked one by one through the train loop.
 
-  python -m bagtricks.ablate --steps=baseline,resnet_d,cosine,label_smoothing,distill,mixup
+  python -m bagtricks.studies.ablate --steps=baseline,resnet_d,cosine,label_smoothing,distill,mixup
 
 Each step adds one refinement to the settings before it (Table 6 of the paper stacks them in
 this order). Every setting is trained by ``train.train_and_evaluate`` from the same config, seed
@@ -15,21 +15,14 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from typing import Dict, List, Sequence
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from bagtricks import cli
-
-cli.quiet_native_logs()  # Before TensorFlow is imported.
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import configs  # noqa: E402
-from bagtricks import records, train  # noqa: E402
+from bagtricks import cli, paths, records, train
+from bagtricks.studies import runner
 
 # ImageNet top-1 (%) of the paper's ResNet-50 for the steps it reports: the efficient-training
 # baseline (Table 3), then the refinements stacked on ResNet-50-D (Table 6; mixup there is
@@ -176,13 +169,13 @@ def run_ablation(config, step_names: Sequence[str], workdir: str, seeds: Sequenc
       run_config = config.copy_and_resolve_references()
       run_config.seed = seed
       if run_config.distill.enabled:
-        teacher_dir = os.path.join(workdir, "teacher" + (f"_s{seed}" if len(seeds) > 1 else ""))
+        teacher_dir = paths.join(workdir, "teacher" + (f"_s{seed}" if len(seeds) > 1 else ""))
         if teacher_dir not in teacher_summaries:
           teacher_summaries[teacher_dir] = train.train_and_evaluate(
               _teacher_config(run_config, teacher_model, teacher_width), teacher_dir)
         run_config.distill.teacher_workdir = teacher_dir
         run_config.distill.teacher_config = ""
-      run_dir = os.path.join(workdir, f"{index:02d}_{name}" + (f"_s{seed}" if len(seeds) > 1
+      run_dir = paths.join(workdir, f"{index:02d}_{name}" + (f"_s{seed}" if len(seeds) > 1
                                                                  else ""))
       summary = train.train_and_evaluate(run_config, run_dir)
       steps_per_epoch = summary["steps"] / run_config.num_epochs
@@ -282,39 +275,31 @@ def plot_curves(rows: List[Dict], path: str) -> None:
   plt.close(fig)
 
 
-if __name__ == "__main__":
-  cli.exit_on_bad_config_flag(sys.argv, "config", configs.config_path("default"))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.config_path("default"),
-    "Starting config; fields overridable as --config.field=value.", lock_config=True)
-_STEPS = flags.DEFINE_list(
-    "steps", "baseline,resnet_d,cosine,label_smoothing,distill,mixup",
-    f"Cumulative settings, in order; from {list(STEPS)}.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default runs/ablate_<config>.")
-_SEEDS = flags.DEFINE_list("seeds", None, "Training seeds (default: config.seed).")
-_TEACHER_MODEL = flags.DEFINE_string("teacher_model", "resnet34d",
-                                     "Distillation teacher's model name.")
-_TEACHER_WIDTH = flags.DEFINE_float("teacher_width", 0.0,
-                                    "Teacher's width multiplier (0: the student's).")
-_EVAL_EVERY = flags.DEFINE_float("eval_every_epochs", 2.0,
-                                 "Test-set evaluations for the curves, every N epochs.")
+def define_flags() -> None:
+  runner.define_config_flag("default", "Starting config; fields overridable as "
+                            "--config.field=value.")
+  flags.DEFINE_list("steps", "baseline,resnet_d,cosine,label_smoothing,distill,mixup",
+                    f"Cumulative settings, in order; from {list(STEPS)}.")
+  flags.DEFINE_string("workdir", None, "Output directory; default runs/ablate_<config>.")
+  flags.DEFINE_list("seeds", None, "Training seeds (default: config.seed).")
+  flags.DEFINE_string("teacher_model", "resnet34d", "Distillation teacher's model name.")
+  flags.DEFINE_float("teacher_width", 0.0, "Teacher's width multiplier (0: the student's).")
+  flags.DEFINE_float("eval_every_epochs", 2.0,
+                     "Test-set evaluations for the curves, every N epochs.")
 
 
-def main(argv):
-  cli.exit_on_positional_arguments(argv)
-  cli.configure_logging()
-  config = _CONFIG.value.copy_and_resolve_references()
-  config.eval_every_epochs = _EVAL_EVERY.value
-  config_file = config_flags.get_config_filename(flags.FLAGS["config"])
-  name = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
-  workdir = _WORKDIR.value or os.path.join("runs", f"ablate_{name}")
-  seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [config.seed]
+def main() -> None:
+  args = flags.FLAGS
+  config = args.config.copy_and_resolve_references()
+  config.eval_every_epochs = args.eval_every_epochs
+  workdir = args.workdir or os.path.join("runs", f"ablate_{runner.config_name()}")
+  seeds = runner.numbers("seeds") if args.seeds else [config.seed]
   start = time.time()
-  rows = cli.run_reporting_errors(run_ablation, config, _STEPS.value, workdir, seeds,
-                                  _TEACHER_MODEL.value, _TEACHER_WIDTH.value,
+  rows = cli.run_reporting_errors(run_ablation, config, args.steps, workdir, seeds,
+                                  args.teacher_model, args.teacher_width,
                                   usage_errors=(AblationError,))
-  cli.write_study_outputs(workdir, "ablation", markdown_table(rows), rows, start, plot_curves)
+  runner.write_outputs(workdir, "ablation", markdown_table(rows), rows, start, plot_curves)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  runner.run_command(main, define_flags, default_config="default")

@@ -1,6 +1,6 @@
 r"""Multi-label learning with hidden labels: oracle BCE, BCE on known labels, partial-BCE.
 
-    python -m bagtricks.compare_multilabel [--workdir=runs/multilabel] \
+    python -m bagtricks.studies.compare_multilabel [--workdir=runs/multilabel] \
         [--hidden_fractions=0.7,0.9] [--seeds=0]
 
 On the digit mosaics (``configs/multilabel_mosaic.py``: the same mosaics, model, recipe and
@@ -13,19 +13,14 @@ to ``<workdir>/multilabel.md`` and ``multilabel.json``.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Dict, List, Sequence
 
-from absl import app, flags
+from absl import flags
 
-from bagtricks import cli
-
-cli.quiet_native_logs()  # Before TensorFlow is imported.
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from bagtricks import train  # noqa: E402
-from configs import multilabel_mosaic  # noqa: E402
+from bagtricks import cli, paths, train
+from bagtricks.studies import runner
+from configs import multilabel_mosaic
 
 LOSSES = (("full_bce", "BCE, every label (oracle)"), ("known_bce", "BCE, known labels only"),
           ("partial_bce", "partial-BCE"))
@@ -47,7 +42,7 @@ def multilabel_rows(workdir: str, hidden_fractions: Sequence[float], seeds: Sequ
         config.multilabel.loss = loss
         change(config)
         summary = train.train_and_evaluate(
-            config, os.path.join(workdir, f"{loss}_h{hidden:g}_s{seed}"))
+            config, paths.join(workdir, f"{loss}_h{hidden:g}_s{seed}"))
         row[loss].append(summary["test_mAP"])
     rows.append(row)
   return rows
@@ -62,24 +57,20 @@ def markdown_table(rows: List[Dict], seeds: Sequence[int]) -> str:
   for r in rows:
     known = 10 - int(round(10 * r["hidden_fraction"]))
     out.append(f"| {100 * r['hidden_fraction']:.0f} % | {known} of 10 | "
-               + " | ".join(cli.mean_std(r[loss], scale=100) for loss, _ in columns) + " |")
+               + " | ".join(runner.mean_std(r[loss], scale=100) for loss, _ in columns) + " |")
   return "\n".join(out) + "\n"
 
 
-def main(argv):
-  cli.exit_on_positional_arguments(argv)
-  cli.configure_logging()
+def main() -> None:
   workdir = flags.FLAGS.workdir
-  hidden = [float(h) for h in flags.FLAGS.hidden_fractions]
-  seeds = [int(s) for s in flags.FLAGS.seeds]
+  hidden = runner.numbers("hidden_fractions", float)
+  seeds = runner.numbers("seeds")
   start = time.time()
   rows = cli.run_reporting_errors(multilabel_rows, workdir, hidden, seeds)
-  cli.write_study_outputs(workdir, "multilabel", markdown_table(rows, seeds), rows, start)
+  runner.write_outputs(workdir, "multilabel", markdown_table(rows, seeds), rows, start)
 
 
 def define_flags() -> None:
-  # Defined only when run as a command, so importing this module next to another command's
-  # module (both have --workdir) does not clash.
   flags.DEFINE_string("workdir", "runs/multilabel", "Where the runs and the table go.")
   flags.DEFINE_list("hidden_fractions", ["0.7", "0.9"],
                     "Fractions of each training mosaic's labels hidden.")
@@ -87,5 +78,4 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  runner.run_command(main, define_flags)

@@ -1,6 +1,6 @@
 r"""Embedding losses on the digits: 2-D feature pictures and Circle-loss retrieval.
 
-    python -m bagtricks.compare_embeddings [--workdir=runs/embeddings] [--seed=0]
+    python -m bagtricks.studies.compare_embeddings [--workdir=runs/embeddings] [--seed=0]
 
 Every run goes through ``train_and_evaluate`` with a config from ``configs/`` (a finished run
 in the same workdir is reused) and the command writes, into ``--workdir``:
@@ -19,24 +19,18 @@ in the same workdir is reused) and the command writes, into ``--workdir``:
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Callable, Dict, List, Sequence
 
+import jax
+import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from bagtricks import cli
-
-cli.quiet_native_logs()  # Before TensorFlow is imported.
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-
-from bagtricks import data, distill, train  # noqa: E402
-from bagtricks.steps import model_variables  # noqa: E402
-from configs import center_loss_digits, circle_loss_digits  # noqa: E402
+from bagtricks import cli, data, distill, paths, train
+from bagtricks.steps import model_variables
+from bagtricks.studies import runner
+from configs import center_loss_digits, circle_loss_digits
 
 # (label, λ_c, λ_g) of the three 2-D runs.
 PICTURE_RUNS = (("softmax", 0.0, 0.0), ("center loss", 0.01, 0.0), ("Git loss", 0.01, 0.1))
@@ -103,7 +97,7 @@ def picture_rows(workdir: str, seed: int, change: Callable = lambda config: None
     config.center_loss.center_weight = center_weight
     config.center_loss.push_weight = push_weight
     change(config)
-    run_dir = os.path.join(workdir, f"{_slug(label)}_2d_s{seed}")
+    run_dir = paths.join(workdir, f"{_slug(label)}_2d_s{seed}")
     summary = train.train_and_evaluate(config, run_dir)
     rows.append({"loss": label, "center_weight": center_weight, "push_weight": push_weight,
                  **{k: summary[f"test_{k}"] for k in (
@@ -122,7 +116,7 @@ def retrieval_rows(workdir: str, seed: int, change: Callable = lambda config: No
     config.seed = seed
     change_run(config)
     change(config)
-    summary = train.train_and_evaluate(config, os.path.join(workdir, f"{_slug(label)}_s{seed}"))
+    summary = train.train_and_evaluate(config, paths.join(workdir, f"{_slug(label)}_s{seed}"))
     rows.append({"loss": label, "recall_at_1": summary["test_recall_at_1"],
                  "recall_at_5": summary["test_recall_at_5"],
                  "spread_ratio": summary["test_spread_ratio"]})
@@ -204,18 +198,16 @@ def run(workdir: str, seed: int, change: Callable = lambda config: None,
   pictures = picture_rows(workdir, seed, change, picture_runs)
   retrieval = retrieval_rows(workdir, seed, change, retrieval_runs)
   tables = markdown_tables(pictures, retrieval, seed)
-  plot_features(pictures, os.path.join(workdir, "embeddings.png"))
-  with open(os.path.join(workdir, "embeddings.md"), "w") as f:
-    f.write(tables)
-  with open(os.path.join(workdir, "embeddings.json"), "w") as f:
-    json.dump({"pictures": [{k: v for k, v in r.items() if k != "points"} for r in pictures],
-               "retrieval": retrieval}, f, indent=2)
+  with paths.local_copy_for_writing(paths.join(workdir, "embeddings.png")) as local:
+    plot_features(pictures, local)
+  paths.write_text(paths.join(workdir, "embeddings.md"), tables)
+  paths.write_text(paths.join(workdir, "embeddings.json"), json.dumps(
+      {"pictures": [{k: v for k, v in r.items() if k != "points"} for r in pictures],
+       "retrieval": retrieval}, indent=2))
   return tables
 
 
-def main(argv):
-  cli.exit_on_positional_arguments(argv)
-  cli.configure_logging()
+def main() -> None:
   workdir = flags.FLAGS.workdir
   start = time.time()
   tables = cli.run_reporting_errors(run, workdir, flags.FLAGS.seed)
@@ -225,12 +217,9 @@ def main(argv):
 
 
 def define_flags() -> None:
-  # Defined only when run as a command, so importing this module next to another command's
-  # module (both have --workdir) does not clash.
   flags.DEFINE_string("workdir", "runs/embeddings", "Where the runs, picture and tables go.")
   flags.DEFINE_integer("seed", 0, "Training seed of every run.")
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  runner.run_command(main, define_flags)

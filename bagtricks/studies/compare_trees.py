@@ -1,6 +1,6 @@
 """The trees' and forests' comparison tables, beside their papers' numbers and scikit-learn.
 
-    python -m bagtricks.compare_trees [--seeds=0,1,2,3,4] [--image_seeds=0,1] [--workdir=...]
+    python -m bagtricks.studies.compare_trees [--seeds=0,1,2,3,4] [--image_seeds=0,1] [--workdir=...]
 
 Every run goes through ``train_and_evaluate`` with a config from ``configs/`` (reused when its
 ``workdir`` already holds the same finished run) and prints three markdown tables, also written
@@ -18,19 +18,14 @@ to ``<workdir>/trees.md`` and ``trees.json``:
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Dict, List, Sequence
 
-from absl import app, flags
+from absl import flags
 
-from bagtricks import cli
-
-cli.quiet_native_logs()  # Before TensorFlow is imported.
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from bagtricks import data, train  # noqa: E402
-from configs import default as default_config  # noqa: E402
+from bagtricks import cli, data, paths, train
+from bagtricks.studies import runner
+from configs import default as default_config
 from configs import (dndt_breast_cancer, dndt_iris, dndt_wine, ndf_digits, ndf_tabular,
                      sdt_digits, sdt_distill_digits)
 
@@ -72,10 +67,10 @@ def dndt_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
            "sndf": [], "decision_tree": [], "mlp": []}
     for seed in seeds:
       dndt = train.train_and_evaluate(_seeded(module.get_config, seed, split_seed=seed),
-                                 os.path.join(workdir, f"dndt_{name}_s{seed}"))
+                                 paths.join(workdir, f"dndt_{name}_s{seed}"))
       sndf = train.train_and_evaluate(
           _seeded(ndf_tabular.get_config, seed, name=name, split_seed=seed),
-          os.path.join(workdir, f"sndf_{name}_s{seed}"))
+          paths.join(workdir, f"sndf_{name}_s{seed}"))
       row["dndt"].append(100 * dndt["test_accuracy"])
       row["dndt_rules"].append(100 * dndt["rules_test_accuracy"])
       row["sndf"].append(100 * sndf["test_accuracy"])
@@ -88,7 +83,7 @@ def dndt_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
 def sdt_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
   """Table 2: the soft tree on labels vs distilled from a ResNet-18-D trained here."""
   # The teacher is the softmax-head ResNet-18-D of table 3 (the default run, seed 0).
-  teacher_dir = os.path.join(workdir, "digits_softmax_s0")
+  teacher_dir = paths.join(workdir, "digits_softmax_s0")
   teacher = train.train_and_evaluate(default_config.get_config(), teacher_dir)
   rows = []
   for label, get_config in (("direct", sdt_digits.get_config),
@@ -99,7 +94,7 @@ def sdt_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
       config = _seeded(get_config, seed)
       if config.distill.enabled:
         config.distill.teacher_workdir = teacher_dir
-      summary = train.train_and_evaluate(config, os.path.join(workdir, f"sdt_{label}_s{seed}"))
+      summary = train.train_and_evaluate(config, paths.join(workdir, f"sdt_{label}_s{seed}"))
       row["max_path"].append(100 * summary["test_accuracy_max_path"])
       row["mixture"].append(100 * summary["test_accuracy"])
     rows.append(row)
@@ -115,7 +110,7 @@ def ndf_rows(workdir: str, seeds: Sequence[int]) -> List[Dict]:
     for seed in seeds:
       key = "softmax" if "softmax" in label else "ndf"
       summary = train.train_and_evaluate(_seeded(get_config, seed),
-                                    os.path.join(workdir, f"digits_{key}_s{seed}"))
+                                    paths.join(workdir, f"digits_{key}_s{seed}"))
       accuracies.append(100 * summary["test_accuracy"])
     rows.append({"model": label, "accuracy": accuracies})
   return rows
@@ -130,41 +125,37 @@ def markdown_tables(dndt: List[Dict], sdt: List[Dict], ndf: List[Dict],
          "|---|---|---|---|---|---|---|"]
   for r in dndt:
     paper = "–" if r["paper_dndt"] is None else f"{r['paper_dndt']:.1f}"
-    out.append(f"| {r['dataset'][len('sklearn_'):]} | {paper} | {cli.mean_std(r['dndt'])} | "
-               f"{cli.mean_std(r['dndt_rules'])} | {cli.mean_std(r['sndf'])} | "
-               f"{cli.mean_std(r['decision_tree'])} | {cli.mean_std(r['mlp'])} |")
+    out.append(f"| {r['dataset'][len('sklearn_'):]} | {paper} | {runner.mean_std(r['dndt'])} | "
+               f"{runner.mean_std(r['dndt_rules'])} | {runner.mean_std(r['sndf'])} | "
+               f"{runner.mean_std(r['decision_tree'])} | {runner.mean_std(r['mlp'])} |")
   out += ["", f"Soft decision tree (depth 8) on the digits, test accuracy % (seeds "
           f"{list(seeds)})", "",
           "| training | paper (MNIST) | max-path leaf | mixture | teacher |",
           "|---|---|---|---|---|"]
   for r in sdt:
     teacher = f"{r['teacher']:.2f}" if r["training"] == "distilled" else "–"
-    out.append(f"| {r['training']} | {r['paper_mnist']:.2f} | {cli.mean_std(r['max_path'])} | "
-               f"{cli.mean_std(r['mixture'])} | {teacher} |")
+    out.append(f"| {r['training']} | {r['paper_mnist']:.2f} | {runner.mean_std(r['max_path'])} | "
+               f"{runner.mean_std(r['mixture'])} | {teacher} |")
   out += ["", f"ResNet-18-D trunk on the digits, same recipe and 40 epochs, test accuracy % "
           f"(seeds {list(image_seeds)})", "", "| head | accuracy |", "|---|---|"]
   for r in ndf:
-    out.append(f"| {r['model']} | {cli.mean_std(r['accuracy'])} |")
+    out.append(f"| {r['model']} | {runner.mean_std(r['accuracy'])} |")
   return "\n".join(out) + "\n"
 
 
-def main(argv):
-  cli.exit_on_positional_arguments(argv)
-  cli.configure_logging()
+def main() -> None:
   workdir = flags.FLAGS.workdir
-  seeds = [int(s) for s in flags.FLAGS.seeds]
-  image_seeds = [int(s) for s in flags.FLAGS.image_seeds]
+  seeds = runner.numbers("seeds")
+  image_seeds = runner.numbers("image_seeds")
   start = time.time()
   dndt = cli.run_reporting_errors(dndt_rows, workdir, seeds)
   sdt = cli.run_reporting_errors(sdt_rows, workdir, seeds)
   ndf = cli.run_reporting_errors(ndf_rows, workdir, image_seeds)
-  cli.write_study_outputs(workdir, "trees", markdown_tables(dndt, sdt, ndf, seeds, image_seeds),
-                          {"dndt": dndt, "sdt": sdt, "ndf": ndf}, start)
+  runner.write_outputs(workdir, "trees", markdown_tables(dndt, sdt, ndf, seeds, image_seeds),
+                       {"dndt": dndt, "sdt": sdt, "ndf": ndf}, start)
 
 
 def define_flags() -> None:
-  # Defined only when run as a command, so importing this module next to another command's
-  # module (both have --workdir) does not clash.
   flags.DEFINE_string("workdir", "runs/trees", "Where the runs and tables go.")
   flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"],
                     "Seeds of the tabular and soft-tree runs.")
@@ -173,5 +164,4 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  runner.run_command(main, define_flags)

@@ -24,35 +24,44 @@ reformulations fix that without changing the result beyond float rounding:
   also run per block (10-30 % faster). (The blocks are unrolled: inside a loop XLA:CPU falls
   back to a slow convolution emitter.)
 
-Faster still are oneDNN's convolution kernels, which `models/onednn_conv.py` runs inside the
+Faster still are oneDNN's convolution kernels, which `onednn.py` runs inside the
 jitted program as XLA FFI calls (all three passes of float32, ungrouped convolutions at
 430-620 GFLOP/s on a 2-core AVX-512 machine, against 200-400 for XLA's): with its extension
-built, `algorithm='onednn'` (and 'auto' on CPU) uses them in place of both reformulations
+available (the `onednn` extra), `algorithm='onednn'` (and 'auto' on CPU) uses them in place of both reformulations
 above where `onednn_conv.supports` the convolution, and the reformulations elsewhere.
 
-These are chosen by `conv_general_dilated(..., algorithm='auto')` on the CPU backend only: 1×1
-convolutions with inputs of at least 256 KiB, k×k ones of at least 1 MiB (smaller ones keep
-XLA's program: the 8×8 digits job of configs/default.py ran no faster); on GPU and TPU `auto`
-is XLA's native convolution (cuDNN / the TPU's convolution units), as is `algorithm='native'`
-everywhere. `Conv` is `flax.linen.Conv` with this function, so its parameters are the same
-(`kernel` [kh, kw, in_features / groups, features], optional `bias`).
+`conv_general_dilated(..., algorithm='auto')` chooses these for computations that run on
+the CPU (`lax.platform_dependent`: decided when the computation is lowered for its platform,
+not by `jax.default_backend()`), for 1×1 convolutions with inputs of at least 256 KiB and k×k
+ones of at least 1 MiB (smaller ones keep XLA's program: the 8×8 digits job of
+configs/default.py ran no faster); lowered for a GPU or TPU, 'auto' is XLA's native
+convolution (cuDNN / the TPU's convolution units). `algorithm='native'`, the default, is
+`lax.conv_general_dilated` itself everywhere. `Conv` is `flax.linen.Conv` with this function,
+so its parameters are the same (`kernel` [kh, kw, in_features / groups, features], optional
+`bias`).
+
+The fast algorithms define their gradients with `jax.custom_vjp`: they work under `jit`,
+`grad`, `vmap`, `shard_map`, `pmap` and `jax.export`, but not under forward-mode
+differentiation (`jax.jvp`, `jax.hessian`, `jax.jacfwd`), which is why the models default to
+'native' and the trainer's config (`config.model.conv_algorithm='auto'`) turns them on.
 """
 
 import functools
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-import models.onednn_conv as onednn_conv
+import models.xla_cpu.onednn as onednn
 
-# 'auto': 'onednn' on the CPU backend where its extension is built, else 'blocked' there, and
-# 'native' elsewhere; 'native': lax.conv_general_dilated; 'blocked': 1×1 convolutions as matrix
-# products, k×k weight gradients per block of images; 'onednn': 'blocked' with oneDNN's k×k
-# convolutions (models/onednn_conv.py) in its place where they apply.
-CONV_ALGORITHMS = ('auto', 'native', 'blocked', 'onednn')
+# 'native': lax.conv_general_dilated, on every platform (the default); 'auto': on the CPU,
+# 'onednn' where its extension is available, else 'blocked', and 'native' on other platforms;
+# 'blocked': 1×1 convolutions as matrix products, k×k weight gradients per block of images (on
+# every platform); 'onednn': on the CPU, 'blocked' with oneDNN's convolutions (onednn.py) in
+# its place where they apply, and 'native' on other platforms.
+CONV_ALGORITHMS = ('native', 'auto', 'blocked', 'onednn')
 
 # Bytes of one block's input plus output gradient that keep XLA:CPU's weight-gradient kernel
 # in cache.
@@ -79,30 +88,43 @@ def check_algorithm(algorithm: str) -> None:
                      f'{", ".join(repr(a) for a in CONV_ALGORITHMS)}.')
 
 
-def resolve_algorithm(algorithm: str, backend: Optional[str] = None) -> str:
-  """The concrete algorithm of `algorithm` on `backend`.
+def resolve_algorithm(algorithm: str, platform: str) -> str:
+  """The concrete algorithm of `algorithm` in a computation lowered for `platform`.
 
   Args:
     algorithm: One of `CONV_ALGORITHMS`.
-    backend: 'cpu', 'gpu', 'tpu', ...; None: `jax.default_backend()`.
+    platform: 'cpu', 'cuda', 'rocm', 'tpu', ...
 
   Returns:
     'native', 'blocked' or 'onednn'. 'onednn' is a CPU algorithm: elsewhere it is 'native'.
 
   Raises:
     ValueError: If `algorithm` is not one of `CONV_ALGORITHMS`, or is 'onednn' on the CPU
-      backend without its extension (`onednn_conv.unavailable_reason()`).
+      without its extension (`onednn.unavailable_reason()`).
   """
   check_algorithm(algorithm)
   if algorithm in ('native', 'blocked'):
     return algorithm
-  backend = jax.default_backend() if backend is None else backend
-  if backend != 'cpu':
+  if platform != 'cpu':
     return 'native'
-  if algorithm == 'onednn' and not onednn_conv.available():
+  if algorithm == 'onednn' and not onednn.available():
     raise ValueError(f"conv_algorithm='onednn' is unavailable: "
-                     f"{onednn_conv.unavailable_reason()}; use 'auto' or 'blocked'.")
-  return 'onednn' if onednn_conv.available() else 'blocked'
+                     f"{onednn.unavailable_reason()}; use 'auto' or 'blocked'.")
+  return 'onednn' if onednn.available() else 'blocked'
+
+
+def on_cpu_only(algorithm: str, args: Tuple[Any, ...], cpu: Callable[..., Any],
+                native: Callable[..., Any]) -> Any:
+  """`cpu(*args)` where the computation runs on the CPU, `native(*args)` elsewhere.
+
+  'blocked' is `cpu` on every platform (it is XLA code), 'auto' and 'onednn' only in a
+  computation lowered for the CPU: the choice follows the platform the computation is lowered
+  for (`lax.platform_dependent`), so a CPU computation in a process whose default backend is a
+  GPU takes the CPU path, and a GPU computation never does.
+  """
+  if algorithm == 'blocked':
+    return cpu(*args)
+  return lax.platform_dependent(*args, cpu=cpu, default=native)
 
 
 def weight_gradient_block(batch_size: int, image_bytes: int, kernel_bytes: int) -> int:
@@ -259,6 +281,42 @@ def _pointwise_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Tuple[int, int
   return jnp.moveaxis(y, 0, 3).reshape(batch, height, width, features)
 
 
+def _fast_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+               dimension_numbers, groups: int, batch_group_count: int, precision: Any,
+               preferred_element_type: Any, algorithm: str) -> Optional[Callable[..., Any]]:
+  """The 'blocked' or 'onednn' computation of these operands as a function of (lhs, rhs).
+
+  None where XLA's own convolution is the answer: another layout, string padding, dilation,
+  batch groups, inputs too small to gain anything, one block of images.
+  """
+  dimension_numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  if (lhs.ndim != 4 or dimension_numbers != _NHWC or isinstance(padding, str)
+      or any(d != 1 for d in (lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+      or batch_group_count != 1):
+    return None
+  strides = tuple(window_strides)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  input_bytes = lhs.size * lhs.dtype.itemsize
+  pointwise = rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0))
+  if input_bytes < (_MIN_MATMUL_BYTES if pointwise else _BLOCK_BYTES):
+    # Too small to gain anything: keep XLA's program as it is (e.g. the 8×8 digits job).
+    return None
+  if (algorithm == 'onednn' and precision is None and preferred_element_type is None
+      and onednn.supports(lhs, rhs, strides, groups, padding)):
+    return lambda x, k: onednn.conv2d(x, k, strides, padding)
+  if pointwise:
+    return lambda x, k: _pointwise_conv(x, k, strides, groups, precision,
+                                        preferred_element_type)
+  if precision is not None or preferred_element_type is not None:
+    return None
+  out_size = [(size + lo + hi - k) // stride + 1 for size, (lo, hi), k, stride
+              in zip(lhs.shape[1:3], padding, rhs.shape[:2], strides)]
+  block = _block_size(lhs, lhs.shape[0] * out_size[0] * out_size[1] * rhs.shape[3], rhs)
+  if block == lhs.shape[0]:
+    return None  # One block: XLA's own convolution, without a custom VJP around it.
+  return lambda x, k: _blocked_conv(x, k, strides, padding, groups, block)
+
+
 def conv_general_dilated(lhs: jnp.ndarray,
                          rhs: jnp.ndarray,
                          window_strides: Sequence[int],
@@ -271,7 +329,7 @@ def conv_general_dilated(lhs: jnp.ndarray,
                          precision: Any = None,
                          preferred_element_type: Any = None,
                          *,
-                         algorithm: str = 'auto') -> jnp.ndarray:
+                         algorithm: str = 'native') -> jnp.ndarray:
   """`lax.conv_general_dilated` with the CPU-friendly algorithms of this module.
 
   The 'blocked' algorithm applies to 2-D convolutions in flax's layout (images
@@ -280,9 +338,10 @@ def conv_general_dilated(lhs: jnp.ndarray,
   `_MIN_MATMUL_BYTES` (256 KiB) are matrix products (`_pointwise_conv`); the rest, when their
   input is at least `_BLOCK_BYTES` (1 MiB), run XLA's convolution, its input gradient and its
   weight gradient per block of images (`weight_gradient_block`), or are XLA's convolution
-  where the whole batch is one block. 'onednn' is 'blocked' with `onednn_conv.conv2d` for
-  those of them that `onednn_conv.supports` (without `precision` or
-  `preferred_element_type`).
+  where the whole batch is one block. 'onednn' is 'blocked' with `onednn.conv2d` for those of
+  them that `onednn.supports` (without `precision` or `preferred_element_type`). 'auto' is
+  'onednn' where its extension is available, else 'blocked', in computations lowered for the
+  CPU (`on_cpu_only`).
   Anything else, and 'native', is `lax.conv_general_dilated` itself.
 
   Args:
@@ -297,45 +356,27 @@ def conv_general_dilated(lhs: jnp.ndarray,
     batch_group_count: Batch groups, as in `lax.conv_general_dilated`.
     precision: As in `lax.conv_general_dilated`.
     preferred_element_type: As in `lax.conv_general_dilated`.
-    algorithm: One of `CONV_ALGORITHMS`; 'auto' resolves per backend at trace time.
+    algorithm: One of `CONV_ALGORITHMS`.
 
   Returns:
     The convolution's output, e.g. [batch, out_height, out_width, features].
   """
-  native = functools.partial(
-      lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-      precision=precision, preferred_element_type=preferred_element_type)
-  resolved = resolve_algorithm(algorithm)
-  if resolved == 'native':
-    return native()
-  dimension_numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  strides = tuple(window_strides)
-  if (lhs.ndim != 4 or dimension_numbers != _NHWC or isinstance(padding, str)
-      or any(d != 1 for d in (lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
-      or batch_group_count != 1):
-    return native()
-  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  input_bytes = lhs.size * lhs.dtype.itemsize
-  pointwise = rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0))
-  if input_bytes < (_MIN_MATMUL_BYTES if pointwise else _BLOCK_BYTES):
-    # Too small to gain anything: keep XLA's program as it is (e.g. the 8×8 digits job).
-    return native()
-  if (resolved == 'onednn' and precision is None and preferred_element_type is None
-      and onednn_conv.supports(lhs, rhs, strides, feature_group_count, padding)):
-    return onednn_conv.conv2d(lhs, rhs, strides, padding)
-  if pointwise:
-    return _pointwise_conv(lhs, rhs, strides, feature_group_count, precision,
-                           preferred_element_type)
-  if precision is not None or preferred_element_type is not None:
-    return native()
-  out_size = [(size + lo + hi - k) // stride + 1 for size, (lo, hi), k, stride
-              in zip(lhs.shape[1:3], padding, rhs.shape[:2], strides)]
-  block = _block_size(lhs, lhs.shape[0] * out_size[0] * out_size[1] * rhs.shape[3], rhs)
-  if block == lhs.shape[0]:
-    return native()  # One block: XLA's own convolution, without a custom VJP around it.
-  return _blocked_conv(lhs, rhs, strides, padding, feature_group_count, block)
+  def native(x, kernel):
+    return lax.conv_general_dilated(
+        x, kernel, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+        precision=precision, preferred_element_type=preferred_element_type)
+
+  check_algorithm(algorithm)
+  if algorithm == 'native':
+    return native(lhs, rhs)
+  fast = _fast_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                    dimension_numbers, feature_group_count, batch_group_count, precision,
+                    preferred_element_type, resolve_algorithm(algorithm, 'cpu'))
+  if fast is None:
+    return native(lhs, rhs)
+  return on_cpu_only(algorithm, (lhs, rhs), fast, native)
 
 
 class Conv(nn.Conv):
@@ -348,11 +389,10 @@ class Conv(nn.Conv):
   Attributes:
     algorithm: One of `CONV_ALGORITHMS`.
   """
-  algorithm: str = 'auto'
+  algorithm: str = 'native'
 
   def __post_init__(self):
-    # The name is checked here; whether 'onednn' is available, when the step is traced (on a
-    # GPU or TPU nothing needs the extension loaded).
+    # The name is checked here; whether 'onednn' is available, when the step is traced.
     check_algorithm(self.algorithm)
     if self.conv_general_dilated is None and self.conv_general_dilated_cls is None:
       object.__setattr__(self, 'conv_general_dilated',

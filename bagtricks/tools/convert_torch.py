@@ -1,6 +1,6 @@
 r"""PyTorch weights (timm or torchvision names) → a bagtricks checkpoint of ResNets and RegNets.
 
-  python -m bagtricks.convert_torch --input=resnet50d.safetensors --model=resnet50d \
+  python -m bagtricks.tools.convert_torch --input=resnet50d.safetensors --model=resnet50d \
       --out_dir=runs/resnet50d_timm
 
 reads a PyTorch ``state_dict`` (``.safetensors`` through the safetensors package, which needs no
@@ -259,8 +259,8 @@ def save_checkpoint(variables: Mapping[str, Any], out_dir: str) -> str:
   Returns:
     The checkpoint directory.
   """
-  from bagtricks import checkpoint  # pylint: disable=import-outside-toplevel
-  directory = os.path.join(out_dir, 'checkpoints')
+  from bagtricks import checkpoint, paths  # pylint: disable=import-outside-toplevel
+  directory = paths.join(out_dir, 'checkpoints')  # Local or gs://.
   checkpointer = checkpoint.Checkpointer(directory)
   state = {'step': np.asarray(0, np.int32), 'params': variables['params'],
            'batch_stats': variables.get('batch_stats', {})}

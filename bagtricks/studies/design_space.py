@@ -1,6 +1,6 @@
 r"""Design-space runner: random RegNets through the train loop, and their error EDFs.
 
-  python -m bagtricks.design_space --config=configs/regnet_space_digits.py
+  python -m bagtricks.studies.design_space --config=configs/regnet_space_digits.py
 
 "Designing Network Design Spaces" (Radosavovic et al. 2020) compares design spaces by the
 distribution of errors of models sampled from them: n models are drawn at random within a FLOP
@@ -19,22 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 from typing import Dict, List
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from bagtricks import cli
-
-cli.quiet_native_logs()  # Before TensorFlow is imported.
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import configs  # noqa: E402
-from bagtricks import train  # noqa: E402
-from models import regnet  # noqa: E402
+from bagtricks import cli, paths, train
+from bagtricks.studies import runner
+from models import regnet
 
 # Squeeze-and-excitation ratio of each design space.
 SPACES = {"RegNetX": 0.0, "RegNetY": 0.25}
@@ -97,7 +90,7 @@ def run_design_space(config, workdir: str) -> List[Dict]:
       for field, value in dataclasses.asdict(design).items():
         run_config.model[field] = value
       summary = train.train_and_evaluate(run_config,
-                                         os.path.join(workdir, f"{name}_{model_index:02d}"))
+                                         paths.join(workdir, f"{name}_{model_index:02d}"))
       stages = regnet.stage_specs(design)
       rows.append({
           "space": name, "design": dataclasses.asdict(design), "flops": cost,
@@ -154,30 +147,19 @@ def plot_edf(rows: List[Dict], path: str) -> None:
 
 
 def define_flags() -> None:
-  # Defined only when run as a command, so importing this module next to another command's
-  # module (both have --config and --workdir) does not clash.
-  config_flags.DEFINE_config_file(
-      "config", configs.config_path("regnet_space_digits"),
-      "Config with model.name='regnet' and design_space fields; overridable as --config.x=y.",
-      lock_config=True)
+  runner.define_config_flag("regnet_space_digits", "Config with model.name='regnet' and "
+                            "design_space fields; overridable as --config.x=y.")
   flags.DEFINE_string("workdir", None, "Output directory; default runs/design_space_<config>.")
 
 
-def main(argv):
-  cli.exit_on_positional_arguments(argv)
-  cli.configure_logging()
-  config = flags.FLAGS.config
-  config_file = config_flags.get_config_filename(flags.FLAGS["config"])
-  name = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
-  workdir = flags.FLAGS.workdir or os.path.join("runs", f"design_space_{name}")
+def main() -> None:
+  workdir = flags.FLAGS.workdir or os.path.join("runs", f"design_space_{runner.config_name()}")
   start = time.time()
-  rows = cli.run_reporting_errors(run_design_space, config, workdir,
+  rows = cli.run_reporting_errors(run_design_space, flags.FLAGS.config, workdir,
                                   usage_errors=(DesignSpaceError,))
-  cli.write_study_outputs(workdir, "design_space", markdown_table(rows), rows, start, plot_edf,
-                          picture="edf.png")
+  runner.write_outputs(workdir, "design_space", markdown_table(rows), rows, start, plot_edf,
+                       picture="edf.png")
 
 
 if __name__ == "__main__":
-  cli.exit_on_bad_config_flag(sys.argv, "config", configs.config_path("regnet_space_digits"))
-  define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  runner.run_command(main, define_flags, default_config="regnet_space_digits")

@@ -12,11 +12,11 @@ module runs those kernels inside a jitted program:
   weight gradient:  dK[i, j, c, o] = Σ_{n,h,w} x_pad[n, s·h + i, s·w + j, c] · dy[n, h, w, o]
 
 (`conv2d` is a `jax.custom_vjp` whose backward pass is the last two), numerically
-`lax.conv_general_dilated` up to float32 rounding. The kernels live in a compiled extension,
-`models/_onednn_conv*.so` (source `models/csrc/onednn_conv.cc`), built at install time on
-Linux x86-64 against the `onednn-cpu-gomp` wheel's library. Where it is missing (another
-platform, or a build without a compiler), `available()` is False and `models/conv.py` keeps
-its XLA algorithms.
+`lax.conv_general_dilated` up to float32 rounding. The kernels live in a compiled extension
+(source `csrc/onednn_conv.cc`) that `extension.build()` compiles on first use where the
+`onednn` extra is installed, on Linux x86-64. Where it is not (a plain install, another
+platform, no compiler), `available()` is False, `unavailable_reason()` says why, and
+`conv.py`'s 'auto' keeps its XLA algorithms.
 
 The calls run one at a time (each already uses every core through OpenMP); their operands
 keep XLA's layouts (only kernels are reordered into oneDNN's), so the step's memory is XLA's
@@ -25,8 +25,6 @@ plus per-thread buffers for reordered kernels and scratch space.
 
 import ctypes
 import functools
-import glob
-import importlib.metadata
 import os
 from typing import Optional, Sequence, Tuple
 
@@ -34,42 +32,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The distribution whose libdnnl.so.3 the extension was linked against.
-ONEDNN_DISTRIBUTION = 'onednn-cpu-gomp'
+import models.xla_cpu.extension as extension
+
 _TARGET_PREFIX = 'bagtricks_onednn_conv_'
 _PASSES = ('forward', 'backward_data', 'backward_weights')
 
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
 
 
-def _extension_path() -> Optional[str]:
-  here = os.path.dirname(os.path.abspath(__file__))
-  paths = sorted(glob.glob(os.path.join(here, '_onednn_conv*.so')))
-  return paths[0] if paths else None
-
-
-def _onednn_library_path() -> Optional[str]:
-  """libdnnl.so.3 of the installed `ONEDNN_DISTRIBUTION` wheel (it lives in <prefix>/lib)."""
-  try:
-    files = importlib.metadata.distribution(ONEDNN_DISTRIBUTION).files or ()
-  except importlib.metadata.PackageNotFoundError:
-    return None
-  for file in files:
-    if file.name == 'libdnnl.so.3':
-      return str(file.locate())
-  return None
-
-
 @functools.lru_cache(maxsize=None)
 def _load() -> Tuple[Optional[ctypes.CDLL], str]:
   """Loads the extension and registers its handlers with XLA: (the library, why not)."""
-  extension = _extension_path()
-  if extension is None:
-    return None, ('the extension models/_onednn_conv*.so is not built (reinstall with '
-                  '`pip install -e .` on Linux x86-64 with a C++ compiler)')
-  library = _onednn_library_path()
-  if library is None:
-    return None, f'{ONEDNN_DISTRIBUTION} is not installed (`pip install {ONEDNN_DISTRIBUTION}`)'
+  path, missing = extension.build()
+  if path is None:
+    return None, missing
+  library = extension.onednn_library()
   # oneDNN threads with GNU OpenMP, whose threads by default spin for milliseconds after each
   # parallel region, taking a core from XLA's threads that run the rest of the step (the
   # ResNet-50-D train step of benchmarks/compare_torch.py: 7 % slower). libgomp reads its wait
@@ -83,9 +60,9 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
     # The extension needs libdnnl.so.3, which is not on the loader's search path: loading it
     # first by its full path lets the extension's dependency resolve to it by name.
     ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
-    handlers = ctypes.CDLL(extension)
+    handlers = ctypes.CDLL(path)
   except OSError as e:
-    return None, f'loading {extension} failed: {e}'
+    return None, f'loading {path} failed: {e}'
   finally:
     if policy_unset:
       del os.environ['OMP_WAIT_POLICY']

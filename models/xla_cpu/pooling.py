@@ -8,8 +8,9 @@ measured on a 2-core AMD EPYC, about 100 ms of a 1.2 s ResNet-50-D train step (b
 the stem's 3×3 stride-2 pool on 112×112×64 maps). Here the forward pass also records which
 window offset won (one byte per output), and the gradient is the sum over the k·k offsets of
 `where(argmax == offset, dy, 0)` placed at the strided positions by `lax.pad` with interior
-padding: elementwise work XLA fuses into one loop. 'auto' uses it on the CPU backend and
-`flax.linen.max_pool` elsewhere, as `models.conv` does for convolutions.
+padding: elementwise work XLA fuses into one loop. 'auto' uses it in computations lowered for
+the CPU and `flax.linen.max_pool` elsewhere, 'blocked' everywhere, as `conv.py` does for
+convolutions; 'native', the default, is `flax.linen.max_pool`.
 """
 
 import functools
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from models.conv import resolve_algorithm
+from models.xla_cpu.conv import check_algorithm, on_cpu_only
 
 
 def _window_offsets(window_shape: Tuple[int, int]):
@@ -88,7 +89,7 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 def max_pool(x: jnp.ndarray, window_shape: Sequence[int], strides: Optional[Sequence[int]] = None,
              padding: Sequence[Tuple[int, int]] = ((0, 0), (0, 0)),
-             algorithm: str = 'auto') -> jnp.ndarray:
+             algorithm: str = 'native') -> jnp.ndarray:
   """2-D max pooling, `flax.linen.max_pool` with a CPU-friendly gradient.
 
   Args:
@@ -96,8 +97,9 @@ def max_pool(x: jnp.ndarray, window_shape: Sequence[int], strides: Optional[Sequ
     window_shape: (window_h, window_w).
     strides: (stride_h, stride_w); None: (1, 1).
     padding: ((low_h, high_h), (low_w, high_w)); padded positions never win.
-    algorithm: One of `models.conv.CONV_ALGORITHMS`: 'native' is `flax.linen.max_pool`, 'blocked'
-      this module's gradient, 'auto' the latter on the CPU backend only.
+    algorithm: One of `conv.CONV_ALGORITHMS`: 'native' is `flax.linen.max_pool`, 'blocked'
+      this module's gradient, 'auto' and 'onednn' the latter in computations lowered for the
+      CPU only.
 
   Returns:
     [batch, out_height, out_width, channels], out = (size + low + high − window) // stride + 1.
@@ -105,9 +107,15 @@ def max_pool(x: jnp.ndarray, window_shape: Sequence[int], strides: Optional[Sequ
   window_shape = tuple(int(k) for k in window_shape)
   strides = (1, 1) if strides is None else tuple(int(s) for s in strides)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if (resolve_algorithm(algorithm) == 'native' or x.ndim != 4
-      or not jnp.issubdtype(x.dtype, jnp.floating)
+  check_algorithm(algorithm)
+
+  def native(x_):
+    return nn.max_pool(x_, window_shape, strides=strides, padding=padding)
+
+  if (algorithm == 'native' or x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating)
       or not len(window_shape) == len(strides) == len(padding) == 2
       or window_shape[0] * window_shape[1] > 255):  # The winning offset is stored as a uint8.
-    return nn.max_pool(x, window_shape, strides=strides, padding=padding)
-  return _max_pool(x, window_shape, strides, padding, x.shape[1:3])
+    return native(x)
+  return on_cpu_only(algorithm, (x,),
+                     lambda x_: _max_pool(x_, window_shape, strides, padding, x.shape[1:3]),
+                     native)

@@ -1,6 +1,6 @@
 r"""Fine-tuning vs training from scratch on the digits ("Rethinking ImageNet Pre-training").
 
-  python -m bagtricks.pretrain_study [--workdir=runs/pretrain_study] [--seeds=0,1,2]
+  python -m bagtricks.studies.pretrain_study [--workdir=runs/pretrain_study] [--seeds=0,1,2]
 
 He, Girshick & Dollár (2018) find that (1) pre-training speeds up convergence, (2) a model
 trained from scratch catches up given a longer schedule (2×–6×), and (3) with little target
@@ -23,21 +23,14 @@ reused when the command is run again.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Dict, List, Sequence
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from bagtricks import cli
-
-cli.quiet_native_logs()  # Before TensorFlow is imported.
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import configs  # noqa: E402
-from bagtricks import data, records, train  # noqa: E402
+from bagtricks import cli, data, paths, records, train
+from bagtricks.studies import runner
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
@@ -112,7 +105,7 @@ def run_study(config, workdir: str, seeds: Sequence[int], fractions: Sequence[fl
   if any(not 0 < f <= 1 for f in fractions) or any(m <= 0 for m in multipliers):
     raise StudyError(f"--fractions={list(fractions)} must lie in (0, 1] and "
                      f"--multipliers={list(multipliers)} be > 0.")
-  source_dir = os.path.join(workdir, "source")
+  source_dir = paths.join(workdir, "source")
   source = train.train_and_evaluate(source_config(config, source_steps), source_dir)
   rows = []
   for fraction in fractions:
@@ -121,7 +114,7 @@ def run_study(config, workdir: str, seeds: Sequence[int], fractions: Sequence[fl
         runs = []
         for seed in seeds:
           name = f"{init}_{round(100 * fraction)}pct_{multiplier:g}x_s{seed}"
-          run_dir = os.path.join(workdir, name)
+          run_dir = paths.join(workdir, name)
           summary = train.train_and_evaluate(
               target_config(config, init, fraction, multiplier, seed, base_steps, source_dir),
               run_dir)
@@ -196,12 +189,8 @@ def plot(result: Dict, path: str) -> None:
 
 
 def define_flags() -> None:
-  # Defined only when run as a command, so importing this module next to another command's
-  # module (both have --config and --workdir) does not clash.
-  config_flags.DEFINE_config_file(
-      "config", configs.config_path("pretrain_digits"),
-      "Starting config (model, recipe); fields overridable as --config.field=value.",
-      lock_config=True)
+  runner.define_config_flag("pretrain_digits", "Starting config (model, recipe); fields "
+                            "overridable as --config.field=value.")
   flags.DEFINE_string("workdir", os.path.join("runs", "pretrain_study"), "Output directory.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the target runs.")
   flags.DEFINE_list("fractions", ["0.1", "1.0"], "Fractions of the target train split.")
@@ -210,27 +199,19 @@ def define_flags() -> None:
   flags.DEFINE_integer("source_steps", 300, "Optimizer steps of pre-training.")
 
 
-def main(argv):
-  cli.exit_on_positional_arguments(argv)
-  cli.configure_logging()
+def main() -> None:
   args = flags.FLAGS
   config = args.config.copy_and_resolve_references()
-  workdir = args.workdir
+  seeds = runner.numbers("seeds")
+  fractions = runner.numbers("fractions", float)
+  multipliers = runner.numbers("multipliers", float)
   start = time.time()
-  try:
-    seeds = [int(s) for s in args.seeds]
-    fractions = [float(f) for f in args.fractions]
-    multipliers = [float(m) for m in args.multipliers]
-  except ValueError as e:
-    print(f"error: --seeds, --fractions, --multipliers must be numbers ({e}).", file=sys.stderr)
-    sys.exit(cli.USAGE_ERROR)
-  result = cli.run_reporting_errors(run_study, config, workdir, seeds, fractions, multipliers,
-                                    args.base_steps, args.source_steps,
+  result = cli.run_reporting_errors(run_study, config, args.workdir, seeds, fractions,
+                                    multipliers, args.base_steps, args.source_steps,
                                     usage_errors=(StudyError,))
-  cli.write_study_outputs(workdir, "pretrain_study", markdown_table(result), result, start, plot)
+  runner.write_outputs(args.workdir, "pretrain_study", markdown_table(result), result, start,
+                       plot)
 
 
 if __name__ == "__main__":
-  cli.exit_on_bad_config_flag(sys.argv, "config", configs.config_path("pretrain_digits"))
-  define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  runner.run_command(main, define_flags, default_config="pretrain_digits")

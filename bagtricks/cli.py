@@ -14,11 +14,14 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib.util
+import inspect
 import logging as pylogging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -70,9 +73,11 @@ class _OwnLinesAndErrors(pylogging.Filter):
   """Passes the run's own records at any level and other libraries' errors."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
+    path = record.pathname.replace(os.sep, "/")
+    if "/orbax/" in path:  # Its failures reach the run as exceptions, reported in one line.
+      return False
     if record.levelno >= pylogging.ERROR:
       return True
-    path = record.pathname.replace(os.sep, "/")
     own = any(p in path for p in _OWN_PACKAGES) or path.endswith("/train.py")
     return own and "/orbax/" not in path
 
@@ -107,12 +112,22 @@ def _flag_value(argv: Sequence[str], name: str) -> Optional[str]:
   return None
 
 
+class _ArgumentNotTaken(Exception):
+  """The config file's get_config() takes no argument, but the flag gives one."""
+
+
 def _load_config(path: str):
   file, _, arg = path.partition(":")
   spec = importlib.util.spec_from_file_location("_checked_config", file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  if not arg:
+    return module.get_config()
+  try:
+    inspect.signature(module.get_config).bind(arg)
+  except TypeError as e:
+    raise _ArgumentNotTaken(str(e)) from e
+  return module.get_config(arg)
 
 
 def _override_problem(config, argv: Sequence[str], flag: str) -> Optional[str]:
@@ -157,6 +172,10 @@ def config_file_problem(argv: Sequence[str], flag: str = "config",
     return f"--{flag}={path}: {e.msg} at line {e.lineno} of {file}; fix the file."
   try:
     config = _load_config(path)
+  except _ArgumentNotTaken:
+    arg = path.partition(":")[2]
+    return (f"--{flag}={path}: get_config() in {file} takes no argument, so ':{arg}' cannot "
+            f"be passed to it; drop ':{arg}' (or give get_config a parameter).")
   except Exception as e:  # Anything the user's file raises: report it in one line.
     return (f"--{flag}={path}: get_config() failed ({type(e).__name__}: {e}); fix the "
             "file.")
@@ -198,6 +217,8 @@ def parse_flags(argv: List[str]) -> List[str]:
 
 
 DIVERGED = 1
+WRITE_FAILED = 74  # sysexits' EX_IOERR
+WORKDIR_BUSY = 75  # sysexits' EX_TEMPFAIL: try again once the other run has ended.
 PREEMPTED = 143
 
 
@@ -205,11 +226,14 @@ def run_reporting_errors(fn: Callable[..., Any], *args, usage_errors: tuple = ()
   """``fn(*args, **kwargs)``, with a known failure reported in one line and an exit status.
 
   Bad config, workdir, data or checkpoint (and ``usage_errors``): ``error: ...`` and status 2.
-  Divergence: ``error: training diverged ...`` and status 1. SIGTERM: the resume hint and
-  status 143 (the checkpoint is saved).
+  Divergence: ``error: training diverged ...`` and status 1. A file that cannot be written
+  (a full disk, a read-only directory): the path and status 74. A workdir another run holds:
+  status 75. SIGTERM: the resume hint and status 143 (the checkpoint is saved).
   """
   # pylint: disable=import-outside-toplevel
-  from bagtricks import checkpoint, data, divergence, records, train, validate
+  from bagtricks import checkpoint, data, divergence, paths, records, train, validate
+  from bagtricks import workdir_lock
+  _drop_closed_event_loop_tracebacks()
   try:
     return fn(*args, **kwargs)
   except (validate.ConfigError, records.WorkdirError, data.DataError,
@@ -222,3 +246,93 @@ def run_reporting_errors(fn: Callable[..., Any], *args, usage_errors: tuple = ()
   except train.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(PREEMPTED)
+  except workdir_lock.WorkdirBusyError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(WORKDIR_BUSY)
+  except paths.WriteError as e:
+    _exit_now(f"error: {e}", WRITE_FAILED)
+  except OSError as e:
+    if e.errno not in _WRITE_ERRNOS:
+      raise
+    _exit_now(f"error: could not write {e.filename or 'a file of the run'} ({e.strerror}); "
+              "free space or make it writable, then run the same command again to resume "
+              "from the latest checkpoint.", WRITE_FAILED)
+
+
+def _exit_now(message: str, status: int) -> None:
+  # After a failed save, Orbax's signalling threads wait minutes for the save's other parts
+  # (which never start) and the interpreter would wait for them at exit. Everything of the
+  # run is written or discarded by now, so the process ends at once.
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  pylogging.shutdown()
+  os._exit(status)  # pylint: disable=protected-access
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                 errno.EFBIG)
+
+
+def _drop_closed_event_loop_tracebacks() -> None:
+  """Keeps TensorStore's callbacks into Orbax's finished event loops off stderr.
+
+  After a failed checkpoint write, TensorStore completes its outstanding futures on an
+  asyncio loop Orbax has already closed, and prints a ``RuntimeError: Event loop is closed``
+  traceback for each (dozens, around the run's one-line error) straight to ``sys.stderr``.
+  Those tracebacks are dropped; every other line passes unchanged.
+  """
+  if not isinstance(sys.stderr, _TracebackFilter):
+    sys.stderr = _TracebackFilter(sys.stderr, "RuntimeError: Event loop is closed")
+
+
+class _TracebackFilter:
+  """A text stream that drops the tracebacks whose exception line is ``last_line``.
+
+  Threads print their tracebacks a piece at a time, interleaved with each other's, so each
+  thread's partial line and traceback are kept apart.
+  """
+
+  def __init__(self, stream, last_line: str):
+    self._stream = stream
+    self._last_line = last_line
+    self._threads = threading.local()  # .partial: str; .block: the traceback read, or None
+    self._lock = threading.Lock()
+
+  def _state(self):
+    if not hasattr(self._threads, "partial"):
+      self._threads.partial, self._threads.block = "", None
+    return self._threads
+
+  def write(self, text: str) -> int:
+    state = self._state()
+    lines = (state.partial + text).split("\n")
+    state.partial = lines.pop()
+    out = "".join(self._line(state, line + "\n") for line in lines)
+    if out:
+      with self._lock:
+        self._stream.write(out)
+    return len(text)
+
+  def _line(self, state, line: str) -> str:
+    # What to write of ``line``: itself, nothing (inside a traceback), or a whole traceback.
+    if state.block is None:
+      if line.startswith("Traceback (most recent call last):"):
+        state.block = [line]
+        return ""
+      return line
+    state.block.append(line)
+    if line[:1].isspace():
+      return ""
+    block, state.block = state.block, None  # The exception line ends a traceback.
+    return "" if line.strip() == self._last_line else "".join(block)
+
+  def flush(self) -> None:
+    state = self._state()
+    if state.block is None and state.partial:
+      with self._lock:
+        self._stream.write(state.partial)
+      state.partial = ""
+    self._stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)

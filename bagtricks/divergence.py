@@ -9,13 +9,16 @@ before checkpoints) to ``DivergenceGuard.check``, which raises ``Diverged`` on
   steps skipped, or a skipped step at the scale's floor (scaling has nothing left to try);
 
 and ``check_finite_state`` refuses to let a state with a non-finite parameter be saved.
+Both name the latest checkpoint in their message; given a function, they call it only when
+they stop the run (the loop's waits for the saves in progress to end first, so the named
+checkpoint is one that exists).
 """
 
 from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import jax
 import numpy as np
@@ -25,6 +28,16 @@ from bagtricks import config_fields
 
 class Diverged(RuntimeError):
   """Training diverged; the latest checkpoint holds the last finite state."""
+
+
+LatestCheckpoint = Union[None, int, Callable[[], Optional[int]]]
+
+
+def _kept_checkpoint(latest_checkpoint: LatestCheckpoint) -> str:
+  latest = latest_checkpoint() if callable(latest_checkpoint) else latest_checkpoint
+  if latest is None:
+    return "no checkpoint was written, so a rerun starts over"
+  return f"checkpoint {latest}, the last with finite parameters, stays the latest"
 
 
 class DivergenceGuard:
@@ -57,13 +70,13 @@ class DivergenceGuard:
     return "Try " + ", ".join(advice[:-1]) + " or " + advice[-1] + "."
 
   def _stop(self, step: int, metrics: Dict[str, float], what: str, latest_checkpoint) -> None:
-    where = (f"checkpoint {latest_checkpoint}, the last with finite parameters, stays the "
-             "latest" if latest_checkpoint is not None else "no checkpoint was written")
     raise Diverged(f"training diverged at step {step}: {what} (learning rate "
-                   f"{metrics.get('learning_rate', float('nan')):.4g}); {where}. "
+                   f"{metrics.get('learning_rate', float('nan')):.4g}); "
+                   f"{_kept_checkpoint(latest_checkpoint)}. "
                    + self._advice())
 
-  def check(self, step: int, metrics: Dict[str, float], latest_checkpoint=None) -> None:
+  def check(self, step: int, metrics: Dict[str, float],
+            latest_checkpoint: LatestCheckpoint = None) -> None:
     """Raises ``Diverged`` if step ``step`` (with its host ``metrics``) shows divergence."""
     loss = metrics["loss"]
     skipped_total = int(metrics.get("skipped_steps", 0))
@@ -83,15 +96,15 @@ class DivergenceGuard:
                    "for non-finite gradients", latest_checkpoint)
 
 
-def check_finite_state(state: Any, step: int, latest_checkpoint=None) -> None:
+def check_finite_state(state: Any, step: int, latest_checkpoint: LatestCheckpoint = None
+                       ) -> None:
   """Raises ``Diverged`` if any floating array of the (host) state is not finite."""
   for path, array in jax.tree_util.tree_flatten_with_path(state)[0]:
     array = np.asarray(array)
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-      where = (f"checkpoint {latest_checkpoint} stays the latest" if latest_checkpoint
-               is not None else "no checkpoint was written")
       raise Diverged(f"training diverged by step {step}: {jax.tree_util.keystr(path)} holds "
-                     f"non-finite values, so it is not saved; {where}. Try a lower "
+                     f"non-finite values, so it is not saved; "
+                     f"{_kept_checkpoint(latest_checkpoint)}. Try a lower "
                      "--config.optimizer.base_lr or gradient clipping "
                      "(--config.optimizer.grad_clip_norm=1.0).")
 

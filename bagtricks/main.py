@@ -9,8 +9,11 @@ latest checkpoint there (a finished run is reported and left as it is; --evaluat
 evaluates it again). The final metrics are written to <workdir>/summary.json and printed as the
 last line. A bad command line, config, workdir, dataset or checkpoint stops the run before
 anything is compiled or written, with one line on stderr and exit status 2; a diverging run
-stops with exit status 1, its latest checkpoint the last finite one; SIGTERM saves and exits
-with 143. --verbosity (-v) shows the libraries' own log lines too.
+stops with exit status 1, its latest checkpoint the last finite one; a file that cannot be
+written (a full disk) stops it with 74, the last finished checkpoint intact; a workdir another
+run is writing is refused with 75; SIGTERM saves and exits with 143. A damaged checkpoint is
+refused (status 2); --skip_damaged_checkpoints moves it aside and resumes from the newest
+intact one. --verbosity (-v) shows the libraries' own log lines too.
 """
 
 import json
@@ -39,6 +42,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default runs/
 _EVALUATE_AGAIN = flags.DEFINE_bool(
     "evaluate_again", False, "For a finished run: evaluate it again and add the results to its "
     "records (without it, a finished run is reported and left as it is).")
+_SKIP_DAMAGED = flags.DEFINE_bool(
+    "skip_damaged_checkpoints", False, "Move a damaged latest checkpoint aside (to "
+    "<workdir>/checkpoints_damaged) and resume from the newest intact one; without it, a "
+    "damaged checkpoint stops the run.")
 
 
 def _default_workdir() -> str:
@@ -52,7 +59,8 @@ def main(argv):
   cli.configure_logging()
   workdir = _WORKDIR.value or _default_workdir()
   summary = cli.run_reporting_errors(train.train_and_evaluate, _CONFIG.value, workdir,
-                                     evaluate_again=_EVALUATE_AGAIN.value)
+                                     evaluate_again=_EVALUATE_AGAIN.value,
+                                     skip_damaged_checkpoints=_SKIP_DAMAGED.value)
   print(json.dumps(summary), flush=True)
 
 

@@ -21,6 +21,10 @@ from etils import epath
 PathLike = Union[str, os.PathLike]
 
 
+class WriteError(RuntimeError):
+  """A file of the run could not be written (a full disk, a directory made read-only)."""
+
+
 def path(p: PathLike) -> epath.Path:
   """`p` as an `epath.Path` (local or remote)."""
   return epath.Path(p)
@@ -92,6 +96,29 @@ def remove(p: PathLike) -> None:
   target = epath.Path(p)
   if target.exists():
     target.unlink()
+
+
+def remove_tree(p: PathLike) -> None:
+  """Removes the directory `p` and everything in it, if it exists."""
+  target = epath.Path(p)
+  if target.exists():
+    target.rmtree()
+
+
+def move_tree(source: PathLike, destination: PathLike) -> None:
+  """Moves the directory `source` to `destination` (its parent is created; an existing
+  `destination` is replaced)."""
+  src, dst = epath.Path(source), epath.Path(destination)
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  remove_tree(dst)
+  if not is_remote(source):
+    os.replace(src, dst)
+    return
+  for file in src.rglob("*"):  # Object stores have no directory rename: copy, then remove.
+    if file.is_file():
+      (dst / file.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+      file.copy(dst / file.relative_to(src))
+  src.rmtree()
 
 
 @contextlib.contextmanager

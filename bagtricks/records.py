@@ -61,7 +61,7 @@ def check_workdir(workdir: str, config, probe_writes: bool = True) -> None:
   permissions show at the first write.
   """
   if not paths.is_remote(workdir):
-    _check_local_directory(workdir, probe_writes)
+    check_local_directory(workdir, probe_writes)
   saved = paths.join(workdir, "config.json")
   if paths.exists(saved):
     differences = config_differences(json.loads(paths.read_text(saved)), config)
@@ -74,22 +74,24 @@ def check_workdir(workdir: str, config, probe_writes: bool = True) -> None:
                          "config.json).")
 
 
-def _check_local_directory(workdir: str, probe_writes: bool) -> None:
+def check_local_directory(workdir: str, probe_writes: bool, flag: str = "--workdir") -> None:
+  """Raises ``WorkdirError`` (naming ``flag``) unless the local directory ``workdir`` exists
+  or can be created, and (``probe_writes``) can be written; leaves nothing behind."""
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
-    raise WorkdirError(f"--workdir={workdir} is a file, not a directory; give a directory "
+    raise WorkdirError(f"{flag}={workdir} is a file, not a directory; give a directory "
                        "(it is created if missing).")
   existing = path
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
-    raise WorkdirError(f"--workdir={workdir} cannot be created: {existing} is a file; give a "
+    raise WorkdirError(f"{flag}={workdir} cannot be created: {existing} is a file; give a "
                        "directory path.")
   try:
     if probe_writes:
       _probe_writable(path, existing)
   except OSError as e:
-    raise WorkdirError(f"--workdir={workdir} cannot be written ({e.strerror or e}); give a "
+    raise WorkdirError(f"{flag}={workdir} cannot be written ({e.strerror or e}); give a "
                        "directory you can write to.") from e
 
 

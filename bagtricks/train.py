@@ -17,6 +17,7 @@ to one of them (a task's between-epoch refit, a model's end-of-run report) is de
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -32,7 +33,7 @@ from clu import metric_writers
 import models
 from models.xla_cpu import host_memory
 from bagtricks import checkpoint, data, distill, events, finetune, hooks, optim, paths
-from bagtricks import precision, records, steps, tasks, validate
+from bagtricks import precision, records, steps, tasks, validate, workdir_lock
 from bagtricks.progress import Progress
 from bagtricks.divergence import Diverged, DivergenceGuard, check_finite_state
 from bagtricks.parallel import AXIS_NAME, DataParallel
@@ -74,17 +75,23 @@ def refit_batch(source, split: str, max_batches: int, num_devices: int) -> Dict[
 
 
 def _metric_writer(workdir: str, is_main: bool) -> metric_writers.MetricWriter:
-  # Only process 0 writes; the progress line is logged by the loop itself.
+  # Only process 0 writes; the progress line is logged by the loop itself. Written in the
+  # loop's thread (a record per logging step is cheap), so a write that fails (a full disk)
+  # stops the run at that step with the OSError that names the file.
   if not is_main:
     return metric_writers.MultiWriter([])
-  return metric_writers.AsyncWriter(metric_writers.MultiWriter([
+  return metric_writers.MultiWriter([
       events.EventFileWriter(workdir),
       records.JsonlWriter(paths.join(workdir, "metrics.jsonl")),
-  ]))
+  ])
 
 
 class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop polls, so a preempted run saves and exits cleanly."""
+  """Turns SIGTERM into a flag the loop polls, so a preempted run saves and exits cleanly.
+
+  Held from the first step to the summary: a SIGTERM after the final checkpoint lets the
+  final evaluation and ``summary.json`` finish first.
+  """
 
   def __init__(self):
     self.received = False
@@ -116,7 +123,8 @@ def evaluate(eval_step, dp: DataParallel, p_state, eval_data, task,
   """
   totals = None
   examples = []
-  for batch in eval_data:
+  for i, batch in enumerate(eval_data):
+    task.check_batch(batch, f"eval batch {i}")
     sums, batch_examples = eval_step(p_state, dp.shard_batch(batch))
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     if batch_examples:
@@ -184,7 +192,8 @@ class CompiledSteps:
   refit_every: int = 0
 
 
-def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir: str, evaluate_again: bool = False,
+                       skip_damaged_checkpoints: bool = False) -> Dict[str, Any]:
   """Trains and evaluates the model ``config`` describes, writing everything to ``workdir``.
 
   Resumes from the latest checkpoint in ``workdir/checkpoints`` if there is one; a run that
@@ -197,6 +206,8 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
     evaluate_again: for a finished run, evaluate its final weights again and add the results
       to its records (a ``metrics.jsonl`` line, the summary's test results) instead of only
       reporting it.
+    skip_damaged_checkpoints: move a damaged latest checkpoint aside and resume from the
+      newest intact one (without it, a damaged checkpoint stops the run).
 
   Returns:
     The summary dict also written to ``workdir/summary.json``.
@@ -204,11 +215,14 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
   Raises:
     validate.ConfigError: invalid config (before anything is compiled).
     records.WorkdirError: the workdir is unusable or holds a run of another config.
+    workdir_lock.WorkdirBusyError: another run is writing the workdir.
     data.DataError: missing or unknown dataset.
     checkpoint.CheckpointError: the workdir holds an incompatible or damaged checkpoint.
     Diverged: the training loss became non-finite (or fp16 loss scaling gave up); the
       latest checkpoint holds the last finite state.
     Preempted: SIGTERM arrived; a checkpoint was saved.
+    paths.WriteError, OSError: a checkpoint or record could not be written (the last
+      finished checkpoint stays the latest).
   """
   config = validate.complete_config(config)  # Every component's defaults, as config.json shows.
   devices = prepare_process(config)
@@ -216,25 +230,43 @@ def train_and_evaluate(config, workdir: str, evaluate_again: bool = False) -> Di
   records.check_workdir(workdir, config, probe_writes=is_main)
   # Only a finished run writes its summary, and check_workdir has ruled out another config's.
   summary_path = paths.join(workdir, "summary.json")
-  if paths.exists(summary_path):
-    if evaluate_again:
-      return evaluate_finished_run(build_run(config, workdir, devices))
+  if paths.exists(summary_path) and not evaluate_again:
     logging.info("The run in %s has finished; its records are left as they are "
                  "(evaluate_again evaluates it again).", workdir)
     return json.loads(paths.read_text(summary_path))
   run = build_run(config, workdir, devices)
-  ckpt = open_checkpoints(run)
-  host_state = restore_or_initialize(run, ckpt)
+  # Other processes of a multi-process run share the first one's lock.
+  with workdir_lock.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+    if paths.exists(summary_path):  # Finished (evaluate_again), or by a run that just ended.
+      return (evaluate_finished_run(run) if evaluate_again
+              else json.loads(paths.read_text(summary_path)))
+    ckpt = open_checkpoints(run)
+    try:
+      return _train_and_finish(run, ckpt, skip_damaged_checkpoints)
+    except BaseException:
+      ckpt.abort()  # Lets a save in progress finish (or removes it) and stops Orbax's threads.
+      raise
+
+
+def _train_and_finish(run: Run, ckpt: checkpoint.Checkpointer,
+                      skip_damaged_checkpoints: bool) -> Dict[str, Any]:
+  host_state = restore_or_initialize(run, ckpt, skip_damaged_checkpoints)
   start_step = int(host_state.step)
   write_run_records(run, start_step)
   compiled = compile_steps(run)
-  writer = _metric_writer(workdir, is_main)
+  writer = _metric_writer(run.workdir, run.is_main)
   if start_step == 0:
-    writer.write_hparams(_flat_config(config))
+    writer.write_hparams(_flat_config(run.config))
   _log_run(run, compiled.dp, host_state)
-  p_state, progress, train_summary = train_loop(run, compiled, ckpt, writer, host_state)
-  return finish_run(run, compiled, ckpt, writer, p_state, progress,
-                    {"resumed_from_step": start_step, **train_summary})
+  with _SigtermFlag() as sigterm:
+    p_state, progress, train_summary = train_loop(run, compiled, ckpt, writer, host_state,
+                                                  sigterm)
+    summary = finish_run(run, compiled, ckpt, writer, p_state, progress,
+                         {"resumed_from_step": start_step, **train_summary})
+  if sigterm.received:
+    raise Preempted(f"SIGTERM after the final checkpoint: the run has finished and "
+                    f"{paths.join(run.workdir, 'summary.json')} is written.")
+  return summary
 
 
 def prepare_process(config) -> list:
@@ -296,19 +328,18 @@ def open_checkpoints(run: Run) -> checkpoint.Checkpointer:
                                  config.checkpoint_every_steps, config.keep_checkpoints)
 
 
-def restore_or_initialize(run: Run, ckpt: checkpoint.Checkpointer) -> Any:
+def restore_or_initialize(run: Run, ckpt: checkpoint.Checkpointer,
+                          skip_damaged_checkpoints: bool = False) -> Any:
   """The host train state: the latest checkpoint's, else ``init_from``'s weights, else fresh.
+
+  ``skip_damaged_checkpoints`` moves damaged checkpoints aside and takes the newest intact one.
 
   Raises:
     checkpoint.CheckpointError: the latest checkpoint is damaged or does not fit.
   """
   host_state = init_train_state(run.model, run.tx, run.task, run.info.example_batch(),
                                 run.config.seed, ema=run.config.ema.decay > 0)
-  try:
-    restored = ckpt.restore(host_state)
-  except checkpoint.CheckpointError:
-    ckpt.close()  # Stops Orbax's background threads before the error is reported.
-    raise
+  restored = ckpt.restore(host_state, fall_back=skip_damaged_checkpoints)
   if restored is not None:
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(restored.step))
     return restored
@@ -323,8 +354,8 @@ def write_run_records(run: Run, start_step: int) -> None:
   metrics and TensorBoard events are dropped."""
   if not run.is_main:
     return
-  paths.write_text(paths.join(run.workdir, "config.json"),
-                   run.config.to_json_best_effort(indent=2))
+  records.write_json(paths.join(run.workdir, "config.json"),
+                     json.loads(run.config.to_json_best_effort()))
   records.keep_steps_up_to(paths.join(run.workdir, "metrics.jsonl"), start_step)
   events.keep_steps_up_to(run.workdir, start_step)
 
@@ -365,7 +396,7 @@ def compile_steps(run: Run, train: bool = True) -> CompiledSteps:
 
 
 def train_loop(run: Run, compiled: CompiledSteps, ckpt: checkpoint.Checkpointer, writer,
-               host_state: Any) -> Tuple[Any, Progress, Dict[str, Any]]:
+               host_state: Any, sigterm: _SigtermFlag) -> Tuple[Any, Progress, Dict[str, Any]]:
   """Trains from ``host_state``'s step to the last, saving and checking as it goes.
 
   Returns:
@@ -386,53 +417,65 @@ def train_loop(run: Run, compiled: CompiledSteps, ckpt: checkpoint.Checkpointer,
   pending, unchecked = [], []  # Device metrics since the last line / the last guard check.
   eval_every = int(round(config.eval_every_epochs * run.steps_per_epoch))
   train_summary: Dict[str, Any] = {}
-  with _SigtermFlag() as sigterm:
-    while step < run.total_steps:
-      p_state, metrics = compiled.train_step(p_state, dp.shard_batch(next(train_iter)),
-                                             *compiled.step_args)
-      step += 1
-      if compiled.refit_step is not None and step % compiled.refit_every == 0:
-        p_state = compiled.refit_step(p_state, compiled.refit_data)
-      unchecked.append((step, metrics))
-      if progress.first_step_seconds is None:
-        jax.block_until_ready(metrics)  # The first step's time is compilation.
-        progress.first_step_done()
-      else:
-        pending.append(metrics)
-        progress.step_done()
-      if pending and (step % config.log_every_steps == 0 or step == run.total_steps):
-        _check_divergence(guard, dp, unchecked, ckpt)
-        train_summary.update(_log_progress(run, writer, progress, step, dp, pending))
-      if eval_every and step % eval_every == 0 and step < run.total_steps:
-        _evaluate_during_training(run, compiled, writer, progress, p_state, step)
-      preempted = sigterm.received if jax.process_count() == 1 else ckpt.reached_preemption(
-          step)
-      if preempted or ckpt.should_save(step) or step == run.total_steps:
-        _check_divergence(guard, dp, unchecked, ckpt)
-        host_state = dp.unreplicate(p_state)
-        check_finite_state(host_state, step, ckpt.latest_step())
-        ckpt.save(step, host_state, force=preempted or step == run.total_steps)
-      if preempted:
-        ckpt.wait()
-        writer.flush()
-        raise Preempted(f"SIGTERM at step {step}: checkpoint saved to {ckpt.directory}; run "
-                        "the same command again to resume.")
+  while step < run.total_steps:
+    batch = next(train_iter)
+    run.task.check_batch(batch, f"config.dataset.name={config.dataset.name!r} (split "
+                         f"{config.dataset.train_split!r}, the batch of step {step + 1})")
+    p_state, metrics = compiled.train_step(p_state, dp.shard_batch(batch),
+                                           *compiled.step_args)
+    step += 1
+    if compiled.refit_step is not None and step % compiled.refit_every == 0:
+      p_state = compiled.refit_step(p_state, compiled.refit_data)
+    unchecked.append((step, metrics))
+    pending.append(metrics)  # The first step is logged too; its time (compilation) is not.
+    if progress.first_step_seconds is None:
+      jax.block_until_ready(metrics)
+      progress.first_step_done()
+    else:
+      progress.step_done()
+    if step % config.log_every_steps == 0 or step == run.total_steps:
+      _check_divergence(guard, dp, unchecked, ckpt)
+      train_summary.update(_log_progress(run, writer, progress, step, dp, pending,
+                                         steps_this_run=step - start_step))
+    if eval_every and step % eval_every == 0 and step < run.total_steps:
+      _evaluate_during_training(run, compiled, writer, progress, p_state, step)
+    preempted = sigterm.received if jax.process_count() == 1 else ckpt.reached_preemption(
+        step)
+    if preempted or ckpt.should_save(step) or step == run.total_steps:
+      _check_divergence(guard, dp, unchecked, ckpt)
+      host_state = dp.unreplicate(p_state)
+      check_finite_state(host_state, step, ckpt.latest_finished_step)
+      ckpt.save(step, host_state, force=preempted or step == run.total_steps)
+    if preempted and step < run.total_steps:
+      ckpt.wait()
+      writer.flush()
+      raise Preempted(f"SIGTERM at step {step}: checkpoint saved to {ckpt.directory}; run "
+                      "the same command again to resume.")
   train_summary["steps_this_run"] = step - start_step
   return p_state, progress, train_summary
 
 
 def _log_progress(run: Run, writer, progress: Progress, step: int, dp: DataParallel,
-                  pending: list) -> Dict[str, Any]:
+                  pending: list, steps_this_run: int) -> Dict[str, Any]:
   # One progress line and metrics record for the steps since the last; clears `pending`.
+  # The last step's record also holds the run's training figures (`run_*`), from which a
+  # rerun that finds the final checkpoint (a run stopped before its summary) writes them.
   logged = _mean_metrics(dp, pending)
   pending.clear()
   rate = progress.window(step, logged)
   logged.update({progress.throughput.key: rate[progress.throughput.key],
                  "epoch": step / run.steps_per_epoch})
-  writer.write_scalars(step, logged)
+  train_figures = {"train_loss": logged["loss"], "skipped_steps": int(logged["skipped_steps"])}
+  record = dict(logged)
+  if step == run.total_steps:
+    train_figures["timing"] = progress.timing_summary()
+    record.update({f"run_{k}": v for k, v in train_figures["timing"].items()
+                   if v is not None})
+    record["run_steps"] = steps_this_run
+  writer.write_scalars(step, record)
   logging.info("%s", progress.line(step, run.steps_per_epoch, logged,
                                    run.task.progress_metrics, rate))
-  return {"train_loss": logged["loss"], "skipped_steps": int(logged["skipped_steps"])}
+  return train_figures
 
 
 def _evaluate_during_training(run: Run, compiled: CompiledSteps, writer, progress: Progress,
@@ -448,8 +491,17 @@ def _evaluate_during_training(run: Run, compiled: CompiledSteps, writer, progres
 
 def finish_run(run: Run, compiled: CompiledSteps, ckpt: checkpoint.Checkpointer, writer,
                p_state, progress: Progress, train_summary: Dict[str, Any]) -> Dict[str, Any]:
-  """Evaluates the final weights, writes ``summary.json`` and returns the summary."""
-  timing = progress.timing_summary()
+  """Evaluates the final weights, writes ``summary.json`` and returns the summary.
+
+  A run that found its final checkpoint (stopped between that and its summary) trained no
+  step: its training figures come from the last step's record, as that run logged them.
+  """
+  # The training figures as the last step's record holds them.
+  timing = train_summary.pop("timing", None) or progress.timing_summary()
+  if train_summary["steps_this_run"] == 0:
+    recorded = _recorded_training(run)
+    timing.update(recorded.pop("timing"))
+    train_summary.update(recorded)
   results = evaluate_all(compiled.eval_steps, compiled.dp, p_state, compiled.eval_data,
                          run.task)
   ckpt.wait()
@@ -477,6 +529,21 @@ def finish_run(run: Run, compiled: CompiledSteps, ckpt: checkpoint.Checkpointer,
   if run.is_main:
     records.write_json(paths.join(run.workdir, "summary.json"), summary)
   return records.strict_json(summary)
+
+
+def _recorded_training(run: Run) -> Dict[str, Any]:
+  # The training figures the last step's metrics record holds (see `_log_progress`).
+  path = paths.join(run.workdir, "metrics.jsonl")
+  last = [r for r in (records.read_metrics(run.workdir) if paths.exists(path) else [])
+          if r["step"] == run.total_steps and "run_steps" in r]
+  if not last:
+    return {"timing": {}}
+  record = last[-1]
+  return {"timing": {k[len("run_"):]: record[k] for k in record
+                     if k.startswith("run_") and k != "run_steps"},
+          "train_loss": record["loss"], "skipped_steps": int(record["skipped_steps"]),
+          "steps_this_run": record["run_steps"],
+          "resumed_from_step": run.total_steps - record["run_steps"]}
 
 
 def evaluate_finished_run(run: Run) -> Dict[str, Any]:
@@ -548,15 +615,10 @@ def _check_variables(config, model, task, info, workdir: str):
 
 def _check_divergence(guard: DivergenceGuard, dp: DataParallel, unchecked: list,
                       ckpt: checkpoint.Checkpointer) -> None:
-  # Every step since the last check, in order; raises Diverged (after Orbax's pending saves
-  # are done, so the latest checkpoint is complete).
-  try:
-    for step, metrics in unchecked:
-      guard.check(step, dp.metrics_to_host(metrics), ckpt.latest_step())
-  except Diverged:
-    ckpt.wait()
-    ckpt.close()
-    raise
+  # Every step since the last check, in order; raises Diverged naming the latest checkpoint
+  # once the saves in progress have ended.
+  for step, metrics in unchecked:
+    guard.check(step, dp.metrics_to_host(metrics), ckpt.latest_finished_step)
   unchecked.clear()
 
 

@@ -13,6 +13,7 @@ so a bad command line fails in a second instead of after a compile or an epoch.
 
 from __future__ import annotations
 
+import math
 from typing import List
 
 import jax
@@ -98,6 +99,23 @@ def _device_problems(config, num_local_devices: int) -> List[str]:
   return problems
 
 
+def _nonfinite_problems(config, prefix: str = "config") -> List[str]:
+  # No field of any component means anything at NaN or infinity (an unbounded value is
+  # written as 0 or left out where a field allows it); config.json stays strict JSON.
+  problems = []
+  for key, value in config.items():
+    name = f"{prefix}.{key}"
+    if hasattr(value, "items"):
+      problems += _nonfinite_problems(value, name)
+    elif isinstance(value, float) and not math.isfinite(value):
+      problems.append(f"{name}={value} is not a finite number; give a finite value.")
+    elif isinstance(value, (list, tuple)) and any(
+        isinstance(v, float) and not math.isfinite(v) for v in value):
+      problems.append(f"{name}={value!r} holds a number that is not finite; give finite "
+                      "values.")
+  return problems
+
+
 def validate_config(config, num_local_devices: int) -> None:
   """Raises ``ConfigError`` listing every invalid field of ``config``.
 
@@ -106,8 +124,8 @@ def validate_config(config, num_local_devices: int) -> None:
     num_local_devices: devices this process will use.
   """
   config = complete_config(config)
-  _raise_if_any(config_fields.problems(config, COMPONENTS)
-                + _device_problems(config, num_local_devices))
+  _raise_if_any(_nonfinite_problems(config) or (
+      config_fields.problems(config, COMPONENTS) + _device_problems(config, num_local_devices)))
 
 
 def validate_for_data(config, info, task) -> None:

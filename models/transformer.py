@@ -679,6 +679,12 @@ class Transformer(nn.Module):
   otherwise the source and target have embeddings of their own and the logits come from a
   Dense layer with bias. Logits are float32.
 
+  Token ids must lie in ``[0, vocab_size)`` (``[0, target_vocab_size)`` for the targets);
+  the module does not check them, as nothing can be checked on values under jit: like
+  ``jnp.take``, an id past the end embeds as NaN (so its logits are NaN) and a negative id
+  reads from the end of the table. The train loop refuses such ids on the host before they
+  reach the model (``Seq2SeqTask.check_batch``).
+
   Parameters of ``transformer_base`` with a shared vocabulary of V = 37,000 (sinusoidal
   positions, post-LN, shared embeddings: no position parameters, no final LayerNorm, no
   output bias), d = 512, d_ff = 2048:
@@ -1074,6 +1080,12 @@ def _step_fn(model: nn.Module, variables: Variables, encoded: jnp.ndarray,
   return step
 
 
+def _check_decode_len(max_decode_len: int) -> None:
+  if not isinstance(max_decode_len, (int, np.integer)) or max_decode_len < 1:
+    raise ValueError(f"max_decode_len={max_decode_len!r} must be an integer >= 1 (the "
+                     "output length, EOS included).")
+
+
 def greedy_decode(model: nn.Module, variables: Variables, inputs: jnp.ndarray,
                   max_decode_len: int, eos_id: int = EOS_ID) -> jnp.ndarray:
   """Greedy decoding with the key/value cache: the most likely token at every step.
@@ -1092,6 +1104,7 @@ def greedy_decode(model: nn.Module, variables: Variables, inputs: jnp.ndarray,
     int32 [batch, max_decode_len]: the tokens, EOS included, then PAD; comparable with the
     targets padded or cut to ``max_decode_len``.
   """
+  _check_decode_len(max_decode_len)
   variables = _without_cache(variables)
   batch = inputs.shape[0]
   encoded = model.apply(variables, inputs, method="encode")
@@ -1206,8 +1219,9 @@ def beam_search(model: nn.Module, variables: Variables, inputs: jnp.ndarray, bea
       hypothesis.
 
   Raises:
-    ValueError: ``beam_size`` < 1 or ``length_penalty`` < 0.
+    ValueError: ``beam_size`` < 1, ``max_decode_len`` < 1 or ``length_penalty`` < 0.
   """
+  _check_decode_len(max_decode_len)
   if beam_size < 1:
     raise ValueError(f"beam_size={beam_size} must be a positive integer.")
   if isinstance(length_penalty, (int, float)) and length_penalty < 0:

@@ -62,9 +62,12 @@ def _checkpoints(workdir):
 
 
 def _tree_bytes(path):
+  # Every file but the workdir's lock, which each run that takes it rewrites.
   found = {}
   for root, _, files in os.walk(path):
     for name in files:
+      if name == ".lock":
+        continue
       with open(os.path.join(root, name), "rb") as f:
         found[os.path.relpath(os.path.join(root, name), path)] = f.read()
   return found
@@ -100,6 +103,18 @@ def finished(digits_data_dir, tmp_path_factory):
     _slow(["--config.task=no_module:Task"], "config.task='no_module:Task' does not import"),
     _slow(["--config.eval_every_epochs=-1"], "config.eval_every_epochs=-1.0 must be >= 0"),
     _slow(["positional"], "unexpected arguments ['positional']"),
+    _slow(["--config.optimizer.base_lr=nan"],
+          "config.optimizer.base_lr=nan is not a finite number"),
+    _slow(["--config.optimizer.weight_decay=nan"],
+          "config.optimizer.weight_decay=nan is not a finite number"),
+    _slow(["--config.optimizer.grad_clip_norm=inf"],
+          "config.optimizer.grad_clip_norm=inf is not a finite number"),
+    _slow([f"--config={os.path.join(REPO, 'configs', 'default.py')}:extra"],
+          "takes no argument, so ':extra' cannot be passed to it"),
+    _slow([f"--config={os.path.join(REPO, 'configs', 'transformer_reverse.py')}",
+           "--config.dataset.name=sklearn_digits"],
+          "config.dataset.name='sklearn_digits' is an image dataset, and this config has no "
+          "config.dataset.image_size"),
 ])
 def test_bad_command_line_is_one_line_exit_2_and_writes_nothing(tmp_path, flags, names):
   (tmp_path / "broken.py").write_text("def get_config():\n  return {'a': }\n")
@@ -138,22 +153,28 @@ def test_damaged_checkpoint_is_one_line_and_left_as_it_is(finished, digits_data_
   line = _one_error_line(_cli(tmp_path, f"--workdir={copy}", *TINY_FLAGS,
                               data_dir=digits_data_dir), 2)
   assert f"Checkpoint {latest} could not be read" in line
+  assert f"move it aside (e.g. mv {latest} " in line
+  assert f"to resume from checkpoint {TOTAL_STEPS - 1}" in line
   assert _tree_bytes(copy) == before
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("precision, base_lr", [("fp32", 1e4), ("bf16", 1e4), ("fp16", 1e4),
+                                                ("fp32", 1e6)])
 def test_divergence_stops_with_status_1_and_keeps_the_last_finite_checkpoint(
-    digits_data_dir, tmp_path, precision):
+    digits_data_dir, tmp_path, precision, base_lr):
+  # At 1e6 the loss is already non-finite while the first checkpoint is being written.
   proc = _cli(tmp_path, "--workdir=run", *TINY_FLAGS, f"--config.precision={precision}",
-              "--config.optimizer.base_lr=10000", data_dir=digits_data_dir)
+              f"--config.optimizer.base_lr={base_lr}", data_dir=digits_data_dir)
   line = _one_error_line(proc, 1)
-  assert re.search(r"training diverged at step \d+: ", line), line
-  assert "learning rate" in line and "--config.optimizer.base_lr" in line
-  if precision == "fp16":
+  assert "--config.optimizer.base_lr" in line
+  if re.search(r"training diverged by step \d+: \S+ holds non-finite values", line):
+    pass  # Found in the state about to be saved, before a logging step saw the loss.
+  elif precision == "fp16":
     assert "loss scale fell to its floor" in line or "steps were skipped" in line
   else:
-    assert "the training loss is nan" in line or "the training loss is inf" in line
+    assert re.search(r"training diverged at step \d+: the training loss is (nan|inf) "
+                     r"\(learning rate ", line), line
   workdir = tmp_path / "run"
   assert not os.path.exists(workdir / "summary.json")
   states = _checkpoints(workdir)

@@ -8,6 +8,7 @@ not use; where torchvision is absent, an import hook stands in for it (see `_imp
 """
 
 import importlib.abc
+import importlib.util
 import importlib.machinery
 import os
 import subprocess
@@ -260,3 +261,49 @@ def test_pth_files_load_through_torch(tmp_path):
   loaded = convert_torch.load_state_dict(path)
   assert loaded['fc.weight'].dtype == np.float32 and loaded['fc.weight'].shape == (2, 3)
   assert loaded['bn1.num_batches_tracked'] == 4
+
+
+def test_unreadable_inputs_and_used_out_dirs_are_one_clear_error(tmp_path):
+  fake = tmp_path / "notes.safetensors"
+  fake.write_text("these are not tensors\n")
+  expected = ("is not a readable .safetensors file" if _has("safetensors")
+              else "needs the safetensors package")
+  with pytest.raises(convert_torch.ConversionError, match=expected):
+    convert_torch.load_state_dict(str(fake))
+  if _has("torch"):
+    pth = tmp_path / "notes.pth"
+    pth.write_text("not a pickle\n")
+    with pytest.raises(convert_torch.ConversionError, match="is not a readable PyTorch file"):
+      convert_torch.load_state_dict(str(pth))
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(convert_torch.ConversionError, match="--out_dir=.*a_file is a file"):
+    convert_torch.check_out_dir(str(tmp_path / "a_file"))
+  variables = {"params": {"w": np.ones((2,), np.float32)}, "batch_stats": {}}
+  out = str(tmp_path / "converted")
+  convert_torch.save_checkpoint(variables, out)
+  with pytest.raises(convert_torch.ConversionError,
+                     match="already holds a checkpoint.*--overwrite"):
+    convert_torch.save_checkpoint(variables, out)
+  variables["params"]["w"] = np.full((2,), 3.0, np.float32)
+  convert_torch.save_checkpoint(variables, out, overwrite=True)
+  _, tree = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), read_only=True).read()
+  np.testing.assert_array_equal(tree["params"]["w"], [3.0, 3.0])
+
+
+def _has(module):
+  return importlib.util.find_spec(module) is not None
+
+
+def test_the_command_reports_a_used_out_dir_in_one_line(tmp_path):
+  out = tmp_path / "out"
+  convert_torch.save_checkpoint({"params": {"w": np.ones((2,), np.float32)}}, str(out))
+  fake = tmp_path / "notes.safetensors"
+  fake.write_text("these are not tensors\n")
+  proc = subprocess.run([sys.executable, "-m", "bagtricks.tools.convert_torch",
+                         f"--input={fake}", "--model=resnet18d", f"--out_dir={out}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert lines == [f"error: --out_dir={out} already holds a checkpoint "
+                   f"({out / 'checkpoints'}); give another --out_dir, or --overwrite to "
+                   "replace it."], proc.stderr[-2000:]

@@ -7,11 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 import models
-from bagtricks import augment, hooks, optim, precision, steps, train
+from bagtricks import augment, checkpoint, hooks, optim, precision, steps, train
 from bagtricks.distill import TeacherHook
 from bagtricks.parallel import DataParallel
 from bagtricks.state import init_train_state
@@ -165,9 +164,9 @@ def test_ema_and_augmented_run_resumes_bit_exact(digits_data_dir, tmp_path):
   assert again["resumed_from_step"] == 10 and again["steps"] == 22
 
   def final(workdir):
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    state = manager.restore(22, args=ocp.args.StandardRestore())
-    manager.close()
+    reader = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    _, state = reader.read(22)
+    reader.close()
     return state
 
   a, b = final(full), final(resumed)

@@ -4,6 +4,7 @@ forms and NumPy."""
 import os
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -236,3 +237,47 @@ def test_translation_trains_and_reports_bleu_on_mock_data(tmp_path):
   assert summary["test_examples"] == 48  # mock_data serves num_examples per split.
   assert 0.0 <= summary["test_bleu"] <= 100.0
   assert np.isfinite(summary["test_loss"])
+
+
+@pytest.mark.parametrize("bad_id", [13, 18, -3])
+def test_token_ids_outside_the_vocabulary_are_refused_naming_where(bad_id):
+  from bagtricks import data  # pylint: disable=import-outside-toplevel
+  task = Seq2SeqTask(13)
+  good = np.array([[3, 4, 2, 0]], np.int32)
+  bad = good.copy()
+  bad[0, 1] = bad_id
+  task.check_batch({"inputs": good, "targets": good}, "batch 0")  # in range: nothing
+  with pytest.raises(data.DataError, match=rf"'inputs' of batch 0 holds token id {bad_id}, "
+                     r"outside the vocabulary \[0, 13\)"):
+    task.check_batch({"inputs": bad, "targets": good}, "batch 0")
+  # Called outside jit, the loss refuses a target id as well (under jit it cannot look).
+  logits = jnp.zeros((1, 4, 13))
+  with pytest.raises(ValueError, match=f"holds token id {bad_id}"):
+    task.loss(logits, {"targets": bad}, {}, None, None)
+  loss, _, _ = jax.jit(lambda l, t: task.loss(l, {"targets": t}, {}, None, None))(logits, good)
+  np.testing.assert_allclose(loss, -np.log(1 / 13) * 0.9 + 0.1 * -np.log(1 / 13), rtol=1e-5)
+
+
+def test_the_loop_refuses_a_source_with_ids_outside_the_vocabulary(tmp_path):
+  from bagtricks import data, train  # pylint: disable=import-outside-toplevel
+
+  def out_of_vocabulary(config):
+    source = data.get_source(ml_collections.ConfigDict({**config.to_dict(), "dataset": {
+        **config.dataset.to_dict(), "name": "seq_copy"}}))
+    batches = source.train_batches
+
+    def train_batches(start_step, num_devices):
+      for batch in batches(start_step, num_devices):
+        batch["inputs"][..., 0] = source.info().vocab_size + 5
+        yield batch
+
+    source.train_batches = train_batches
+    return source
+
+  data.register_source("seq_copy_out_of_vocabulary", out_of_vocabulary)
+  config = _tiny_seq_config("seq_copy_out_of_vocabulary")
+  with pytest.raises(data.DataError, match=r"'inputs' of config.dataset.name="
+                     r"'seq_copy_out_of_vocabulary' \(split 'train', the batch of step 1\) "
+                     r"holds token id \d+, outside the vocabulary"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints" / "1")

@@ -25,18 +25,21 @@ TINY_FLAGS = ["--config.model.width_multiplier=0.125", "--config.batch_size=64",
 TOTAL_STEPS = 66
 
 
-def _cli(workdir, data_dir, cache_dir, *extra, bucket_root=None):
+def _cli(workdir, data_dir, cache_dir, *extra, bucket_root=None, **popen_kwargs):
   """The training command on the tiny config; with ``bucket_root``, under the fake Cloud
-  Storage of tests/fake_gcs.py, whose ``gs://`` objects are files under that directory."""
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  Storage of tests/fake_gcs.py, whose ``gs://`` objects are files under that directory.
+  ``cache_dir`` None: no compilation cache."""
+  env = dict(os.environ)
+  if cache_dir is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   command = [os.path.join(REPO, "train.py")]
   if bucket_root is not None:
     command = [os.path.join(REPO, "tests", "fake_gcs.py"), str(bucket_root)]
   cmd = [sys.executable, *command, f"--workdir={workdir}",
          f"--config.dataset.data_dir={data_dir}", *TINY_FLAGS, *extra]
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, **popen_kwargs)
 
 
 def _finish(proc, timeout=600):

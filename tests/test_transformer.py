@@ -487,3 +487,14 @@ def test_registry_names_and_checks():
                                                        target_vocab_size=5))
   with pytest.raises(ValueError, match="share_embeddings"):
     transformer.Transformer(vocab_size=10, target_vocab_size=12)
+
+
+@pytest.mark.parametrize("length", [0, -1])
+def test_decoding_refuses_an_empty_output_length(length):
+  model = _tiny()
+  inputs = jnp.asarray(_reversal_batch(np.random.RandomState(0), 2)[0])
+  variables = model.init(jax.random.PRNGKey(0), inputs, inputs)
+  with pytest.raises(ValueError, match=f"max_decode_len={length} must be an integer >= 1"):
+    transformer.greedy_decode(model, variables, inputs, length)
+  with pytest.raises(ValueError, match=f"max_decode_len={length} must be an integer >= 1"):
+    transformer.beam_search(model, variables, inputs, 2, length)

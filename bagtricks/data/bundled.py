@@ -111,7 +111,8 @@ def prepare_sklearn_digits(data_dir: str) -> None:
 
 def digits_source(config) -> TfdsImageSource:
   """The digits through the TFDS image pipeline, written under ``dataset.data_dir`` first."""
-  prepare_sklearn_digits(resolve_data_dir(config.dataset.data_dir))
+  TfdsImageSource.check_config(config)
+  prepare_sklearn_digits(resolve_data_dir(config.dataset.get("data_dir")))
   return TfdsImageSource(config)
 
 

@@ -144,7 +144,21 @@ class TfdsImageSource:
   # Every class; shuffled through a 10,000-example buffer; not cached in memory.
   config_defaults = {"classes": (), "shuffle_buffer": 10_000, "cache": False}
 
+  # What an image recipe sets (configs/default.py) and a sequence or table config lacks.
+  required_fields = ("image_size", "channels", "train_pp", "eval_pp")
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    """Raises ``DataError`` naming the image fields ``config.dataset`` lacks."""
+    missing = [f for f in cls.required_fields if f not in config.dataset]
+    if missing:
+      raise DataError(
+          f"config.dataset.name={config.dataset.name!r} is an image dataset, and this config "
+          f"has no {', '.join('config.dataset.' + f for f in missing)}; use an image config "
+          "(e.g. configs/default.py) for it, or a dataset of this config's kind.")
+
   def __init__(self, config, known_names: Sequence[str] = ()):
+    self.check_config(config)
     config = with_dataset_defaults(config, self.config_defaults)
     self.config = config
     self.builder = prepared_builder(config, known_names)

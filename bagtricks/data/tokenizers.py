@@ -36,6 +36,24 @@ NUM_SPECIAL_IDS = 3
 TOKENIZER_NAMES = ("bytes", "sentencepiece")
 
 
+def check_token_ids(ids: np.ndarray, vocab_size: int, where: str, error: type = None) -> None:
+  """Raises ``error`` (``DataError`` by default) naming ``where`` if an id of ``ids`` is
+  outside the vocabulary ``[0, vocab_size)``.
+
+  An embedding lookup cannot refuse such ids under jit: one past the end reads NaN and a
+  negative one wraps to the end of the table, so they are refused on the host.
+  """
+  ids = np.asarray(ids)
+  if ids.size == 0:
+    return
+  low, high = int(ids.min()), int(ids.max())
+  if low < 0 or high >= vocab_size:
+    bad = low if low < 0 else high
+    raise (error or DataError)(
+        f"{where} holds token id {bad}, outside the vocabulary [0, {vocab_size}) (ids range "
+        f"{low}..{high}); fix the data or give the model a vocabulary that covers them.")
+
+
 def strip_special_ids(ids: Iterable[int]) -> List[int]:
   """The real tokens of ``ids``: everything before the first EOS, without PAD and BOS.
 

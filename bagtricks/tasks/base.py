@@ -125,6 +125,11 @@ class Task(Protocol):
   def prepare_train_batch(self, batch: Batch) -> Batch:
     """The training batch before augmentations (e.g. adds label-smoothed ``targets``)."""
 
+  def check_batch(self, batch: Batch, where: str) -> None:
+    """Raises ``data.DataError`` if the host batch holds values the task cannot take (token
+    ids outside the vocabulary), naming ``where`` it came from; called by the loop on every
+    batch before it reaches the devices."""
+
   def loss(self, outputs: Any, batch: Batch, task_state: PyTree, rng: jax.Array,
            axis_name: Optional[str]) -> Tuple[jnp.ndarray, PyTree, Dict[str, jnp.ndarray]]:
     """``(loss, new_task_state, metrics)`` on one device's share of the batch.
@@ -196,6 +201,9 @@ class TaskBase:
 
   def prepare_train_batch(self, batch: Batch) -> Batch:
     return batch
+
+  def check_batch(self, batch: Batch, where: str) -> None:
+    del batch, where
 
   def eval_outputs(self, model, variables, args, kwargs):
     return model.apply(variables, *args, train=False, **kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -113,10 +114,23 @@ class Seq2SeqTask(TaskBase):
               f"{dataset_info.name!r} has no tokenizer to detokenize with; set it to False."]
     return []
 
+  def check_batch(self, batch, where: str) -> None:
+    # Imported here: the task modules import without TensorFlow, the data package does not.
+    from bagtricks.data.tokenizers import check_token_ids  # pylint: disable=import-outside-toplevel
+    for key in self.input_keys:
+      check_token_ids(batch[key], self.num_outputs, f"{key!r} of {where}")
+
   def loss(self, outputs, batch, task_state, rng, axis_name: Optional[str]):
+    """The loss; outside jit (concrete targets) a target id outside the vocabulary raises
+    ``ValueError``, under jit it cannot be checked and gives a NaN loss (the loop checks
+    every batch on the host first, ``check_batch``)."""
     del rng
     logits = logits_of(outputs)
     targets = batch["targets"]
+    if not isinstance(targets, jax.core.Tracer):
+      from bagtricks.data.tokenizers import check_token_ids  # pylint: disable=import-outside-toplevel
+      check_token_ids(np.asarray(targets), logits.shape[-1], "the targets",
+                      error=ValueError)
     weights = (targets != PAD_ID).astype(jnp.float32)
     token_losses = losses.token_cross_entropy(logits, targets, self.label_smoothing)
     devices = _global_sum(jnp.float32(1.0), axis_name)

@@ -49,6 +49,11 @@ class ConversionError(ValueError):
   """The state dict does not fit the model; the message names every offending tensor."""
 
 
+def _one_line(error: Exception, limit: int = 200) -> str:
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:limit]}'
+
+
 def load_state_dict(path: str) -> Dict[str, np.ndarray]:
   """Reads a PyTorch state dict as float32 NumPy arrays.
 
@@ -71,14 +76,22 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
     except ImportError as e:
       raise ConversionError('Reading .safetensors needs the safetensors package: '
                             'pip install safetensors.') from e
-    tensors = load_file(path)
+    try:
+      tensors = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for a damaged file.
+      raise ConversionError(f'--input={path!r} is not a readable .safetensors file '
+                            f'({_one_line(e)}); give a complete safetensors file.') from e
   else:
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
       raise ConversionError(f'Reading {os.path.basename(path)!r} needs torch (CPU build is '
                             'enough); or convert it to .safetensors elsewhere.') from e
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+      loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors for a damaged or foreign file.
+      raise ConversionError(f'--input={path!r} is not a readable PyTorch file '
+                            f'({_one_line(e)}); give a state dict saved by torch.save.') from e
     for key in ('state_dict', 'model'):
       if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
         loaded = loaded[key]
@@ -249,18 +262,43 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str,
   return variables
 
 
-def save_checkpoint(variables: Mapping[str, Any], out_dir: str) -> str:
+def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
+  """Raises ``ConversionError`` unless ``out_dir`` can take a conversion: a directory that can
+  be written (checked for a local one), without a conversion already unless ``overwrite``.
+  Writes nothing."""
+  # pylint: disable=import-outside-toplevel
+  from bagtricks import checkpoint, paths, records
+  if not paths.is_remote(out_dir):
+    try:
+      records.check_local_directory(out_dir, probe_writes=True, flag='--out_dir')
+    except records.WorkdirError as e:
+      raise ConversionError(str(e)) from e
+  directory = paths.join(out_dir, 'checkpoints')
+  if checkpoint.has_checkpoint(directory) and not overwrite:
+    raise ConversionError(f'--out_dir={out_dir} already holds a checkpoint ({directory}); give '
+                          'another --out_dir, or --overwrite to replace it.')
+
+
+def save_checkpoint(variables: Mapping[str, Any], out_dir: str, overwrite: bool = False
+                    ) -> str:
   """Writes converted variables as step 0 of a checkpoint that ``config.init_from`` reads.
 
   Args:
     variables: ``{'params': ..., 'batch_stats': ...}`` from `convert_state_dict`.
     out_dir: the run-like directory; the checkpoint goes to ``<out_dir>/checkpoints``.
+    overwrite: replace a checkpoint ``out_dir`` holds already.
 
   Returns:
     The checkpoint directory.
+
+  Raises:
+    ConversionError: see ``check_out_dir``.
+    paths.WriteError: the checkpoint could not be written.
   """
   from bagtricks import checkpoint, paths  # pylint: disable=import-outside-toplevel
+  check_out_dir(out_dir, overwrite)
   directory = paths.join(out_dir, 'checkpoints')  # Local or gs://.
+  paths.remove_tree(directory)
   checkpointer = checkpoint.Checkpointer(directory)
   state = {'step': np.asarray(0, np.int32), 'params': variables['params'],
            'batch_stats': variables.get('batch_stats', {})}
@@ -275,10 +313,14 @@ def main(argv: List[str]) -> None:
   cli.exit_on_positional_arguments(argv)
   cli.configure_logging()
   flag_values = flags.FLAGS
-  variables = cli.run_reporting_errors(
-      lambda: convert_state_dict(load_state_dict(flag_values.input), flag_values.model),
-      usage_errors=(ConversionError,))
-  directory = save_checkpoint(variables, flag_values.out_dir)
+
+  def convert_and_save():
+    check_out_dir(flag_values.out_dir, flag_values.overwrite)  # Before the slow part.
+    variables = convert_state_dict(load_state_dict(flag_values.input), flag_values.model)
+    return variables, save_checkpoint(variables, flag_values.out_dir, flag_values.overwrite)
+
+  variables, directory = cli.run_reporting_errors(convert_and_save,
+                                                  usage_errors=(ConversionError,))
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
   print(f'Wrote {flag_values.model} ({count:,} parameters) to {directory} (step 0).',
         flush=True)
@@ -291,5 +333,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('model', None, 'bagtricks model name, e.g. resnet50d or regnety_032.')
   flags.DEFINE_string('out_dir', None, 'Output directory; the checkpoint goes to '
                       '<out_dir>/checkpoints.')
+  flags.DEFINE_bool('overwrite', False, 'Replace the checkpoint --out_dir holds already.')
   flags.mark_flags_as_required(['input', 'model', 'out_dir'])
   app.run(main, flags_parser=cli.parse_flags)

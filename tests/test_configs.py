@@ -24,8 +24,9 @@ def test_config_files_are_found():
           "sdt_distill_digits", "ndf_digits", "ndf_tabular"} <= set(CONFIG_FILES)
 
 
-# These distill from a trained run (runs/default, or the ImageNet teacher).
-NEEDS_A_TEACHER = ("imagenet_resnet50d", "default_distill", "sdt_distill_digits")
+# These distill from a trained run (runs/default, runs/mnist_5k or the ImageNet teacher).
+NEEDS_A_TEACHER = ("imagenet_resnet50d", "default_distill", "sdt_distill_digits",
+                   "sdt_distill_mnist")
 
 
 @pytest.mark.parametrize("name", [n for n in CONFIG_FILES if n not in NEEDS_A_TEACHER])
@@ -33,10 +34,12 @@ def test_config_validates(name):
   validate.validate_config(_config(name), num_local_devices=8)
 
 
-@pytest.mark.parametrize("name", ["default_distill", "sdt_distill_digits"])
-def test_distill_configs_name_their_teacher(name, tmp_path):
+@pytest.mark.parametrize("name, teacher", [("default_distill", "runs/default"),
+                                           ("sdt_distill_digits", "runs/default"),
+                                           ("sdt_distill_mnist", "runs/mnist_5k")])
+def test_distill_configs_name_their_teacher(name, teacher, tmp_path):
   config = _config(name)
-  assert config.distill.teacher_workdir == "runs/default"
+  assert config.distill.teacher_workdir == teacher
   config.distill.teacher_workdir = str(tmp_path / "none")
   with pytest.raises(validate.ConfigError, match="train the teacher first"):
     validate.validate_config(config, num_local_devices=8)

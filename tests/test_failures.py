@@ -9,7 +9,6 @@ that ends bit-identical to an uninterrupted run (``reference_run`` of test_train
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -120,18 +119,22 @@ def test_overwritten_checkpoint_bytes_are_found_and_skipped_on_request(
   assert summary["test_accuracy"] == reference_run["summary"]["test_accuracy"]
 
 
-def _limit_file_size():
-  # Every file the run writes may hold 256 KiB, less than a checkpoint's data file: a full
-  # disk, as far as the checkpoint is concerned. Writes past it fail with EFBIG.
-  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-  resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+# Every file the run writes may hold 256 KiB, less than a checkpoint's data file: a full
+# disk, as far as the checkpoint is concerned. Writes past it fail with EFBIG (SIGXFSZ is
+# ignored, across the exec). Set in the child itself: a preexec_fn would fork a threaded
+# process.
+_LIMIT_FILE_SIZE = (
+    "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
 @pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_nothing_half_written(
     reference_run, digits_data_dir, tmp_path):
   workdir = tmp_path / "run"
-  proc = _run(workdir, digits_data_dir, reference_run, cache=None, preexec_fn=_limit_file_size)
+  proc = _run(workdir, digits_data_dir, reference_run, cache=None,
+              launcher=("-c", _LIMIT_FILE_SIZE))
   line = _one_error_line(proc, 74)
   assert f"A checkpoint could not be written to {workdir / 'checkpoints'}" in line
   assert "File too large" in line or "os_error_code='27'" in line

@@ -25,10 +25,11 @@ TINY_FLAGS = ["--config.model.width_multiplier=0.125", "--config.batch_size=64",
 TOTAL_STEPS = 66
 
 
-def _cli(workdir, data_dir, cache_dir, *extra, bucket_root=None, **popen_kwargs):
+def _cli(workdir, data_dir, cache_dir, *extra, bucket_root=None, launcher=(), **popen_kwargs):
   """The training command on the tiny config; with ``bucket_root``, under the fake Cloud
   Storage of tests/fake_gcs.py, whose ``gs://`` objects are files under that directory.
-  ``cache_dir`` None: no compilation cache."""
+  ``cache_dir`` None: no compilation cache. ``launcher``: Python arguments before the
+  command (e.g. ``-c`` code that sets limits, then runs ``sys.argv[1:]``)."""
   env = dict(os.environ)
   if cache_dir is not None:
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
@@ -36,7 +37,7 @@ def _cli(workdir, data_dir, cache_dir, *extra, bucket_root=None, **popen_kwargs)
   command = [os.path.join(REPO, "train.py")]
   if bucket_root is not None:
     command = [os.path.join(REPO, "tests", "fake_gcs.py"), str(bucket_root)]
-  cmd = [sys.executable, *command, f"--workdir={workdir}",
+  cmd = [sys.executable, *launcher, *command, f"--workdir={workdir}",
          f"--config.dataset.data_dir={data_dir}", *TINY_FLAGS, *extra]
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, **popen_kwargs)

@@ -112,4 +112,7 @@ def test_comparison_tables_format_and_sklearn_baselines():
   assert "| iris | 100.0 | 98.00 ± 2.00 | 95.00 ± 5.00 | 97.00 ± 0.00 | 92.00 ± 2.00 |" in text
   assert "| direct | 94.45 | 97.00 | 97.50 | – |" in text
   assert "| softmax head | 98.25 ± 0.25 |" in text
+  mnist = compare_trees.markdown_tables([], sdt, [], [0], [0], "mnist_5k")
+  assert "DNDT" not in mnist and "ResNet-18-D trunk" not in mnist
+  assert mnist.startswith("Soft decision tree (depth 8) on MNIST 5k (4,000 train, 1,000 test)")
   json.dumps({"dndt": dndt})

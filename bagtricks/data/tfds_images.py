@@ -15,6 +15,11 @@ the already-seen part of the current epoch before decoding, so its cost is bound
 Evaluation reads each process's share of the split (``tfds.even_splits``) once, in order,
 preprocessed with ``dataset.eval_pp``, padded and masked (``padded_eval``).
 
+Sizes: ``dataset.image_size`` unset (``None``) is the dataset's own image size (its stored
+feature shape, e.g. 8 for ``sklearn_digits`` and 28 for ``mnist_5k``), and ``{image_size}``
+in ``dataset.train_pp`` or ``eval_pp`` stands for the size in use, so one recipe serves
+datasets of several sizes (``random_resized_crop({image_size})``).
+
 Subsets: ``dataset.train_split`` and ``eval_split`` take TFDS split expressions
 (``'train[:10%]'`` trains on the first tenth), and ``dataset.classes`` keeps only the examples
 of the listed classes, relabelled 0, 1, ... in the order given (``(5, 6, 7, 8, 9)`` makes a
@@ -79,6 +84,14 @@ def class_subset(config, num_classes: int) -> Tuple[int, ...]:
                     f"two distinct class ids in [0, {num_classes}), e.g. (0, 1, 2, 3, 4); "
                     "they are relabelled 0, 1, ... in that order.")
   return tuple(classes)
+
+
+IMAGE_SIZE_FIELD = "{image_size}"
+
+
+def with_image_size(spec: str, image_size: int) -> str:
+  """The preprocessing ``spec`` with ``{image_size}`` replaced by ``image_size``."""
+  return spec.replace(IMAGE_SIZE_FIELD, str(image_size))
 
 
 def _example_seed(seed: int, position: tf.Tensor) -> tf.Tensor:
@@ -165,7 +178,19 @@ class TfdsImageSource:
     self.classes = ()
     if config.dataset.classes:
       self.classes = class_subset(config, self.builder.info.features["label"].num_classes)
+    self.image_size = config.dataset.image_size or self._stored_image_size()
     self._counts: Dict[str, int] = {}
+
+  def _stored_image_size(self) -> int:
+    shape = self.builder.info.features["image"].shape
+    if len(shape) != 3 or shape[0] is None or shape[0] != shape[1]:
+      raise DataError(f"config.dataset.image_size is not set and {self.config.dataset.name!r} "
+                      f"stores images of shape {shape}, not of one square size; set "
+                      "config.dataset.image_size (e.g. 224).")
+    return int(shape[0])
+
+  def _preprocess_fn(self, spec: str):
+    return preprocess.get_preprocess_fn(with_image_size(spec, self.image_size))
 
   def num_examples(self, split: str) -> int:
     """Examples in ``split`` (a TFDS split expression), of ``dataset.classes`` only if set."""
@@ -188,8 +213,8 @@ class TfdsImageSource:
 
   def element_spec(self) -> Dict[str, jax.ShapeDtypeStruct]:
     """One preprocessed example: ``image`` float32 ``(image_size, image_size, channels)``."""
-    dc = self.config.dataset
-    return {"image": jax.ShapeDtypeStruct((dc.image_size, dc.image_size, dc.channels),
+    size, channels = self.image_size, self.config.dataset.channels
+    return {"image": jax.ShapeDtypeStruct((size, size, channels),
                                           np.float32),
             "label": jax.ShapeDtypeStruct((), np.int32)}
 
@@ -222,7 +247,7 @@ class TfdsImageSource:
     steps = self._steps_per_epoch()
     epoch_len = steps * batch
     decode = builder.info.features["image"].decode_example
-    pp = preprocess.get_preprocess_fn(dc.train_pp)
+    pp = self._preprocess_fn(dc.train_pp)
     base = _read(builder, split, dc.cache, self.classes)
     shuffle_buffer = dc.shuffle_buffer
 
@@ -270,7 +295,7 @@ class TfdsImageSource:
     sizes = [self.num_examples(s) for s in tfds.even_splits(split, n=jax.process_count())]
     mine = tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
     decode = builder.info.features["image"].decode_example
-    pp = preprocess.get_preprocess_fn(dc.eval_pp)
+    pp = self._preprocess_fn(dc.eval_pp)
 
     def process(position, ex):
       image = pp(decode(ex["image"]), _example_seed(config.seed, position))

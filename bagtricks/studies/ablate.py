@@ -21,7 +21,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 from absl import flags
 
-from bagtricks import cli, paths, records, train
+from bagtricks import cli, data, paths, records, train
 from bagtricks.studies import runner
 
 # ImageNet top-1 (%) of the paper's ResNet-50 for the steps it reports: the efficient-training
@@ -84,12 +84,12 @@ def _cutmix(config) -> None:
 def _cutout(config) -> None:
   # CIFAR-10: one 16 px hole in 32 px images, i.e. half the side.
   config.augment.cutout.num_holes = 1
-  config.augment.cutout.size = max(1, config.dataset.image_size // 2)
+  config.augment.cutout.size = max(1, data.image_size(config) // 2)
 
 
 def _gridmask(config) -> None:
   # Official ImageNet setting, d ∈ [96, 224) of 224 px, scaled to the image size.
-  size = config.dataset.image_size
+  size = data.image_size(config)
   config.augment.gridmask.prob = 0.8
   config.augment.gridmask.ramp_epochs = config.num_epochs
   config.augment.gridmask.d_min = max(2, round(size * 96 / 224))

@@ -25,7 +25,7 @@ from typing import Dict, List
 import numpy as np
 from absl import flags
 
-from bagtricks import cli, paths, train
+from bagtricks import cli, data, paths, train
 from bagtricks.studies import runner
 from models import regnet
 
@@ -51,7 +51,7 @@ def design_space_of(config, name: str) -> regnet.DesignSpace:
       depth=tuple(ds.depth), w0=tuple(ds.w0), wa=tuple(ds.wa), wm=tuple(ds.wm),
       group_widths=tuple(ds.group_widths), bottleneck_ratios=tuple(ds.bottleneck_ratios),
       se_ratio=SPACES[name], num_stages=tuple(ds.num_stages), flop_range=tuple(ds.flop_range),
-      image_size=config.dataset.image_size, num_classes=ds.num_classes,
+      image_size=data.image_size(config), num_classes=ds.num_classes,
       in_channels=config.dataset.channels, small_stem=config.model.small_stem,
       stem_width=config.model.stem_width)
 

@@ -66,9 +66,13 @@ def numbers(flag: str, kind: Callable[[str], Any] = int) -> List[Any]:
   try:
     return [kind(value) for value in flags.FLAGS[flag].value]
   except ValueError as e:
-    print(f"error: --{flag} must be a list of {kind.__name__} values ({e}).", file=sys.stderr,
-          flush=True)
-    sys.exit(cli.USAGE_ERROR)
+    usage_error(f"--{flag} must be a list of {kind.__name__} values ({e}).")
+
+
+def usage_error(message: str) -> None:
+  """Ends the command with the one line ``error: <message>`` and exit status 2."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(cli.USAGE_ERROR)
 
 
 def mean_std(values: Sequence[Optional[float]], scale: float = 1.0) -> str:

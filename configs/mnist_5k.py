@@ -21,12 +21,7 @@ BUDGET = {"num_epochs": 15, "schedule.warmup_epochs": 2.0, "eval_every_epochs": 
 def on_mnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``config`` (a ResNet digits config) on ``mnist_5k``, with this file's ``BUDGET``."""
   config.dataset.name = "mnist_5k"
-  for field, value in BUDGET.items():
-    *sections, leaf = field.split(".")
-    node = config
-    for section in sections:
-      node = node[section]
-    node[leaf] = value
+  config.update_from_flattened_dict(BUDGET)
   return config
 
 

@@ -66,9 +66,9 @@ def on_mnist(config) -> None:
   """A picture or retrieval run's config moved onto the 5,000 MNIST digits."""
   if config.dataset.name == "sklearn_digits":
     mnist_5k.on_mnist(config)
-  else:  # The P×K batches of digit_sets.
+  else:  # The P×K batches of digit_sets, of the MNIST digits.
     config.dataset.digits = "mnist_5k"
-    mnist_5k.on_mnist(config).dataset.name = "digits_pk"
+    config.update_from_flattened_dict(mnist_5k.BUDGET)
 
 
 def _slug(label: str) -> str:

@@ -1,4 +1,5 @@
-"""Losses (pure JAX): classification, embeddings and multi-label with unknown labels.
+"""Losses (pure JAX): classification, embeddings, multi-label with unknown labels, and labels
+from several annotators.
 
 Classification losses take float32 logits ``[batch, num_classes]`` and return per-example
 values ``[batch]``; the caller takes the (masked) mean. The embedding losses (center loss, Git
@@ -390,3 +391,82 @@ def partial_bce(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   known_fraction = jnp.mean((labels != 0).astype(jnp.float32), axis=-1)
   scale = PARTIAL_BCE_ALPHA * known_fraction + PARTIAL_BCE_BETA
   return scale * known_label_bce(logits, labels)
+
+
+def _annotator_weights(weights: Optional[jnp.ndarray], num_annotators: int) -> jnp.ndarray:
+  if weights is None:
+    return jnp.ones((num_annotators,), jnp.float32)
+  return jnp.asarray(weights, jnp.float32)
+
+
+def annotators_cross_entropy(logits: jnp.ndarray, annotations: jnp.ndarray,
+                             weights: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  """Cross-entropy against every annotator's label: training on the union of the labels.
+
+  ℓ = Σ_k w_k [ỹ_k ≠ −1] (−log p_ỹ_k), with p = softmax(logits): each label an image has is
+  one training example, as when inconsistently annotated datasets are simply merged.
+
+  Args:
+    logits: ``[batch, C]``.
+    annotations: int ``[batch, K]``, −1 where annotator k gave no label.
+    weights: ``[K]`` per-annotator weights w_k (default 1).
+
+  Returns:
+    ``[batch]``.
+  """
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  given = annotations >= 0
+  picked = jnp.take_along_axis(log_probs, jnp.where(given, annotations, 0), axis=-1)
+  w = _annotator_weights(weights, annotations.shape[-1])
+  return -jnp.sum(jnp.where(given, picked, 0.0) * w, axis=-1)
+
+
+def latent_truth_nll(truth_logits: jnp.ndarray, log_transitions: jnp.ndarray,
+                     annotations: jnp.ndarray,
+                     weights: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  """The Latent Truth Net loss (Zeng, Shan & Chen, ECCV 2018, IPA2LT §3.3).
+
+  The network predicts the latent truth p(y | x) and each annotator k labels through its
+  transition matrix T_k (row-stochastic, T_k[i, j] = P(ỹ_k = j | y = i)), so its label's
+  probability is (p T_k)_j = Σ_i p_i T_k[i, j]. The loss is the negative log-likelihood of the
+  labels present,
+
+      ℓ = −Σ_k w_k [ỹ_k ≠ −1] log (p T_k)[ỹ_k],
+
+  computed in log space: log (p T_k)_j = logsumexp_i (log p_i + log T_k[i, j]).
+
+  Args:
+    truth_logits: ``[batch, C]``: the logits of p(y | x).
+    log_transitions: ``[K, C, C]``: log T_k, each row's exponentials summing to 1.
+    annotations: int ``[batch, K]``, −1 where annotator k gave no label.
+    weights: ``[K]`` per-annotator weights w_k (default 1).
+
+  Returns:
+    ``[batch]``.
+  """
+  log_p = jax.nn.log_softmax(truth_logits.astype(jnp.float32), axis=-1)
+  # [batch, K, C]: log P(ỹ_k = j | x) for every annotator and class.
+  log_noisy = jax.nn.logsumexp(log_p[:, None, :, None] + log_transitions[None], axis=2)
+  given = annotations >= 0
+  picked = jnp.take_along_axis(log_noisy, jnp.where(given, annotations, 0)[..., None],
+                               axis=-1)[..., 0]
+  w = _annotator_weights(weights, annotations.shape[-1])
+  return -jnp.sum(jnp.where(given, picked, 0.0) * w, axis=-1)
+
+
+def mean_transition_trace(log_transitions: jnp.ndarray) -> jnp.ndarray:
+  """Σ_k tr(T_k) / C: the trace penalty of Tanno et al. (CVPR 2019) on the annotators' T_k.
+
+  The likelihood alone cannot tell a confident truth seen through noisy annotators from a
+  hesitant truth seen through reliable ones (p T_k is the same product); adding λ·Σ_k tr(T_k)
+  prefers the noisiest annotators that still explain the labels, which recovers the true T_k
+  when the annotators are right more often than not.
+
+  Args:
+    log_transitions: ``[K, C, C]``: log T_k.
+
+  Returns:
+    A scalar.
+  """
+  diagonals = jnp.exp(jnp.diagonal(log_transitions, axis1=-2, axis2=-1))
+  return jnp.sum(jnp.mean(diagonals, axis=-1))

@@ -21,6 +21,8 @@ from models.forest import fixed_point_leaf_update
 from models.forest import forest_log_probs
 from models.forest import LEAF_LEARNING
 from models.forest import NeuralDecisionForest
+from models.latent_truth import LatentTruthNet
+from models.latent_truth import near_identity_logits
 from models.layers import DropBlock
 from models.mlp import MLP
 from models.registry import build_module
@@ -171,6 +173,62 @@ register_model("ndf", ModelSpec(build=_ndf_build, default_task=_ndf_task,
 register_model("mlp", MLP)
 
 # ------------------------------------------------------------------------------------------
+# The Latent Truth Net: any backbone and one transition matrix per annotator.
+
+
+def _backbone_of(kwargs) -> tuple:
+  backbone = dict(kwargs.get("backbone") or {})
+  return str(backbone.pop("name", "")), backbone
+
+
+def _latent_truth_build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
+  kwargs = dict(kwargs)
+  name, backbone = _backbone_of(kwargs)
+  kwargs.pop("backbone", None)
+  if name.lower() == "latent_truth":
+    raise ValueError("a latent_truth backbone cannot itself be a latent_truth.")
+  kwargs["backbone"] = get_spec(name).build(backbone, num_outputs=num_outputs, dtype=dtype,
+                                            axis_name=axis_name)
+  return build_module(LatentTruthNet, kwargs, num_outputs=num_outputs)
+
+
+def _latent_truth_step_kwargs(kwargs, total_steps):
+  name, backbone = _backbone_of(kwargs)
+  return get_spec(name).step_kwargs(backbone, total_steps)
+
+
+def _latent_truth_checks(kwargs) -> List[str]:
+  problems = positive(kwargs, "num_annotators", integer=True)
+  diagonal = kwargs.get("init_diagonal", 0.9)
+  if not isinstance(diagonal, (int, float)) or not 0.0 < diagonal < 1.0:
+    problems.append(f"config.model.init_diagonal={diagonal!r} must be in (0, 1): the initial "
+                    "T_k's diagonal (near 1: near the identity).")
+  name, _ = _backbone_of(kwargs)
+  if name.lower() == "latent_truth" or (name.lower() not in model_names() and ":" not in name):
+    problems.append(f"config.model.backbone.name={name!r} is unknown; use one of "
+                    f"{tuple(n for n in model_names() if n != 'latent_truth')}.")
+  return problems
+
+
+def _latent_truth_data_checks(kwargs, info) -> List[str]:
+  annotations = info.element_spec.get("annotations")
+  if annotations is None or len(annotations.shape) != 1:
+    return [f"config.model.name='latent_truth' needs per-annotator labels 'annotations' [K], "
+            f"and config.dataset.name={info.name!r} has {sorted(info.element_spec)}; use "
+            "dataset.name='digits_annotated'."]
+  if annotations.shape[0] != kwargs.get("num_annotators"):
+    return [f"config.model.num_annotators={kwargs.get('num_annotators')!r} does not match the "
+            f"{annotations.shape[0]} annotators of config.dataset.name={info.name!r}; set it "
+            f"to {annotations.shape[0]}."]
+  return []
+
+
+register_model("latent_truth", ModelSpec(
+    build=_latent_truth_build, default_task=lambda kwargs: "latent_truth",
+    step_kwargs=_latent_truth_step_kwargs, check_config=_latent_truth_checks,
+    check_for_data=_latent_truth_data_checks))
+
+# ------------------------------------------------------------------------------------------
 # Transformers.
 
 _TRANSFORMER_SIZES = ("d_model", "num_heads", "d_ff", "max_len")
@@ -282,6 +340,8 @@ __all__ = [
     'DNDT',
     'DropBlock',
     'fixed_point_leaf_update',
+    'LatentTruthNet',
+    'near_identity_logits',
     'forest_log_probs',
     'get_spec',
     'MLP',

@@ -14,6 +14,8 @@ model input and ``DatasetInfo.element_spec`` one example per key.
                   as a TFDS dataset), and scikit-learn's tables.
   digit_sets.py   either digits with P×K batches (``digits_pk``) and multi-label digit
                   mosaics with hidden labels (``digits_mosaic``), in memory.
+  annotators.py   labels from simulated annotators who disagree (``digits_annotated``),
+                  majority vote and Dawid–Skene EM.
   sequences.py    synthetic sequence-to-sequence tasks from a seed (``seq_copy``,
                   ``seq_reverse``, ``seq_sort``, ``seq_add``).
   translation.py  any prepared TFDS translation dataset, length-bucketed
@@ -33,6 +35,8 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from bagtricks import config_fields
 import bagtricks.data.preprocess as preprocess
+from bagtricks.data.annotators import (ANNOTATED_SOURCES, AnnotatedDigitsSource, DawidSkene,
+                                       annotate, confusion_matrix, dawid_skene, majority_vote)
 from bagtricks.data.arrays import ArraySource
 from bagtricks.data.base import (DATASET_DEFAULTS, Batch, DataError, DatasetInfo, Source,
                                  per_process_batch_size, steps_per_epoch, to_device_layout,
@@ -72,7 +76,8 @@ def source_names() -> Tuple[str, ...]:
   return tuple(_REGISTRY)
 
 
-for _name, _factory in {**BUNDLED_SOURCES, **DIGIT_SET_SOURCES, **SEQUENCE_SOURCES}.items():
+for _name, _factory in {**BUNDLED_SOURCES, **DIGIT_SET_SOURCES, **ANNOTATED_SOURCES,
+                         **SEQUENCE_SOURCES}.items():
   register_source(_name, _factory)
 
 # The bundled and synthetic dataset names (``source_names()`` also lists those registered
@@ -151,7 +156,8 @@ DATASET_FIELDS = config_fields.ConfigFields("dataset", defaults=source_defaults,
 
 
 __all__ = [
-    "DATASET_FIELDS", "ArrayEvalBatches", "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
+    "ANNOTATED_SOURCES", "AnnotatedDigitsSource", "DATASET_FIELDS", "DawidSkene",
+    "annotate", "confusion_matrix", "dawid_skene", "majority_vote", "ArrayEvalBatches", "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
     "DatasetInfo", "DigitMosaicSource", "DigitsPKSource", "EOS_ID", "LOCAL_SOURCES", "PAD_ID",
     "PaddedEvalBatches",
     "REGRESSION_SOURCES", "SEQUENCE_SOURCES", "SOURCE_NAMES", "SentencePieceTokenizer",

@@ -49,8 +49,8 @@ def chosen_digits(config):
   return local_dataset_arrays(name)
 
 
-def _standardize(splits: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  # One pixel mean and standard deviation, from the train split only.
+def standardize(splits: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """The images as float32, standardized with one pixel mean and std of the train split."""
   train = splits["train"].astype(np.float32) / 255.0
   mean, std = float(train.mean()), float(train.std())
   return {k: ((v.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
@@ -77,7 +77,7 @@ class DigitsPKSource(ArraySource):
   def __init__(self, config):
     config = with_dataset_defaults(config, self.config_defaults)
     arrays = chosen_digits(config)
-    images = _standardize({k: v[0] for k, v in arrays.items()})
+    images = standardize({k: v[0] for k, v in arrays.items()})
     splits = {k: {"image": images[k], "label": arrays[k][1].astype(np.int32)}
               for k in arrays}
     super().__init__(config, splits, input_key="image", num_classes=NUM_DIGIT_CLASSES,
@@ -183,7 +183,7 @@ class DigitMosaicSource(ArraySource):
     made = {split: make_mosaics(*arrays[split], sizes[split],
                                 hidden if split == "train" else 0.0, seed=index)
             for index, split in enumerate(("train", "test"))}
-    images = _standardize({k: v["image"] for k, v in made.items()})
+    images = standardize({k: v["image"] for k, v in made.items()})
     splits = {k: {**v, "image": images[k]} for k, v in made.items()}
     super().__init__(config, splits, input_key="image", num_classes=NUM_DIGIT_CLASSES,
                      class_names=tuple(str(d) for d in range(NUM_DIGIT_CLASSES)))

@@ -26,13 +26,11 @@ import json
 import time
 from typing import Callable, Dict, List, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 from absl import flags
 
-from bagtricks import cli, data, distill, paths, train
-from bagtricks.steps import model_variables
+from bagtricks import cli, paths, train
 from bagtricks.studies import runner
 from configs import center_loss_digits, circle_loss_digits, mnist_5k
 
@@ -84,18 +82,11 @@ def test_features(config, workdir: str) -> Dict[str, np.ndarray]:
   Returns:
     ``{'features': [n, D], 'label': [n], 'centers': [K, D]}``.
   """
-  source = data.get_source(config)
-  info = source.info()
-  restored = distill.load_teacher(ml_collections.ConfigDict(
-      {"teacher_workdir": workdir, "teacher_config": ""}), info)
-  variables = restored.variables()
-  apply = jax.jit(lambda v, x: restored.model.apply(
-      model_variables(v["params"], v["batch_stats"]), x, train=False)["features"])
   features, labels = [], []
-  for batch in source.eval_batches(1):
-    real = batch["mask"][0] > 0
-    features.append(np.asarray(apply(variables, batch[info.input_key][0]))[real])
-    labels.append(batch["label"][0][real])
+  for outputs, batch, variables in runner.finished_run_outputs(config, workdir):
+    real = batch["mask"] > 0
+    features.append(outputs["features"][real])
+    labels.append(batch["label"][real])
   return {"features": np.concatenate(features), "label": np.concatenate(labels),
           "centers": np.asarray(variables["task_state"]["centers"])}
 

@@ -121,14 +121,40 @@ def _dndt_data_checks(kwargs, info) -> List[str]:
   return []
 
 
+def _inner_model(kwargs, field: str, default=None) -> tuple:
+  """``(name, arguments)`` of the model a wrapper builds from ``kwargs[field]`` (a dict with
+  the inner model's ``name``): an ndf's trunk, a latent-truth net's backbone."""
+  inner = dict(kwargs.get(field) or default or {})
+  return str(inner.pop("name", "")), inner
+
+
+def _build_inner_model(kwargs, field: str, wrapper: str, num_outputs, dtype, axis_name,
+                       default=None):
+  """The inner model of ``kwargs[field]``, built with ``num_outputs`` outputs."""
+  name, inner = _inner_model(kwargs, field, default)
+  if name.lower() == wrapper:
+    raise ValueError(f"the {field} of a {wrapper!r} model cannot itself be a {wrapper!r}.")
+  return get_spec(name).build(inner, num_outputs=num_outputs, dtype=dtype, axis_name=axis_name)
+
+
+def _inner_model_problems(kwargs, field: str, wrapper: str, default=None) -> List[str]:
+  """``config.model.<field>.name`` must name a registered model other than the wrapper."""
+  name, _ = _inner_model(kwargs, field, default)
+  if name.lower() == wrapper or (name.lower() not in model_names() and ":" not in name):
+    return [f"config.model.{field}.name={name!r} is unknown; use one of "
+            f"{tuple(n for n in model_names() if n != wrapper)}."]
+  return []
+
+
+# An ndf without a trunk reads the features directly.
+_NDF_DEFAULT_TRUNK = {"name": "mlp", "hidden": ()}
+
+
 def _ndf_build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
   kwargs = dict(kwargs)
-  trunk = dict(kwargs.pop("trunk", None) or {"name": "mlp", "hidden": ()})
-  trunk_name = trunk.pop("name")
-  if trunk_name.lower() == "ndf":
-    raise ValueError("an ndf trunk cannot itself be an ndf.")
-  kwargs["trunk"] = get_spec(trunk_name).build(
-      trunk, num_outputs=kwargs.get("num_decision_units", 0), dtype=dtype, axis_name=axis_name)
+  kwargs["trunk"] = _build_inner_model(kwargs, "trunk", "ndf",
+                                       kwargs.get("num_decision_units", 0), dtype, axis_name,
+                                       default=_NDF_DEFAULT_TRUNK)
   return build_module(NeuralDecisionForest, kwargs, num_outputs=num_outputs, dtype=dtype)
 
 
@@ -138,12 +164,7 @@ def _ndf_checks(kwargs) -> List[str]:
   if leaf_learning not in LEAF_LEARNING:
     problems.append(f"config.model.leaf_learning={leaf_learning!r} is unknown; use one of "
                     f"{LEAF_LEARNING}.")
-  trunk = kwargs.get("trunk") or {}
-  trunk_name = str(trunk.get("name", "mlp")).lower()
-  if trunk_name == "ndf" or (trunk_name not in model_names() and ":" not in trunk_name):
-    problems.append(f"config.model.trunk.name={trunk.get('name')!r} is unknown; use one of "
-                    f"{tuple(n for n in model_names() if n != 'ndf')}.")
-  return problems
+  return problems + _inner_model_problems(kwargs, "trunk", "ndf", default=_NDF_DEFAULT_TRUNK)
 
 
 def _ndf_data_checks(kwargs, info) -> List[str]:
@@ -176,24 +197,15 @@ register_model("mlp", MLP)
 # The Latent Truth Net: any backbone and one transition matrix per annotator.
 
 
-def _backbone_of(kwargs) -> tuple:
-  backbone = dict(kwargs.get("backbone") or {})
-  return str(backbone.pop("name", "")), backbone
-
-
 def _latent_truth_build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
   kwargs = dict(kwargs)
-  name, backbone = _backbone_of(kwargs)
-  kwargs.pop("backbone", None)
-  if name.lower() == "latent_truth":
-    raise ValueError("a latent_truth backbone cannot itself be a latent_truth.")
-  kwargs["backbone"] = get_spec(name).build(backbone, num_outputs=num_outputs, dtype=dtype,
-                                            axis_name=axis_name)
+  kwargs["backbone"] = _build_inner_model(kwargs, "backbone", "latent_truth", num_outputs,
+                                          dtype, axis_name)
   return build_module(LatentTruthNet, kwargs, num_outputs=num_outputs)
 
 
 def _latent_truth_step_kwargs(kwargs, total_steps):
-  name, backbone = _backbone_of(kwargs)
+  name, backbone = _inner_model(kwargs, "backbone")
   return get_spec(name).step_kwargs(backbone, total_steps)
 
 
@@ -203,11 +215,7 @@ def _latent_truth_checks(kwargs) -> List[str]:
   if not isinstance(diagonal, (int, float)) or not 0.0 < diagonal < 1.0:
     problems.append(f"config.model.init_diagonal={diagonal!r} must be in (0, 1): the initial "
                     "T_k's diagonal (near 1: near the identity).")
-  name, _ = _backbone_of(kwargs)
-  if name.lower() == "latent_truth" or (name.lower() not in model_names() and ":" not in name):
-    problems.append(f"config.model.backbone.name={name!r} is unknown; use one of "
-                    f"{tuple(n for n in model_names() if n != 'latent_truth')}.")
-  return problems
+  return problems + _inner_model_problems(kwargs, "backbone", "latent_truth")
 
 
 def _latent_truth_data_checks(kwargs, info) -> List[str]:

@@ -157,7 +157,8 @@ DATASET_FIELDS = config_fields.ConfigFields("dataset", defaults=source_defaults,
 
 __all__ = [
     "ANNOTATED_SOURCES", "AnnotatedDigitsSource", "DATASET_FIELDS", "DawidSkene",
-    "annotate", "confusion_matrix", "dawid_skene", "majority_vote", "ArrayEvalBatches", "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
+    "annotate", "confusion_matrix", "dawid_skene", "majority_vote", "ArrayEvalBatches",
+    "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
     "DatasetInfo", "DigitMosaicSource", "DigitsPKSource", "EOS_ID", "LOCAL_SOURCES", "PAD_ID",
     "PaddedEvalBatches",
     "REGRESSION_SOURCES", "SEQUENCE_SOURCES", "SOURCE_NAMES", "SentencePieceTokenizer",

@@ -209,6 +209,8 @@ class AnnotatedDigitsSource(ArraySource):
 
   Attributes:
     confusions: ``[K, C, C]``: the simulated annotators' confusion matrices.
+    label_model: the ``DawidSkene`` fit on the train split's labels (its confusions and
+      posteriors, beside the ``dawid_skene`` labels it gave).
 
   Raises:
     DataError: no annotator, or an accuracy outside [0, 1].
@@ -233,7 +235,8 @@ class AnnotatedDigitsSource(ArraySource):
       if split == "train":
         labels = annotate(true_labels, self.confusions, config.dataset.annotation_seed)
         vote = majority_vote(labels, NUM_DIGIT_CLASSES, config.dataset.annotation_seed)
-        recovered = dawid_skene(labels, NUM_DIGIT_CLASSES).labels
+        self.label_model = dawid_skene(labels, NUM_DIGIT_CLASSES)
+        recovered = self.label_model.labels
       else:
         labels = np.full((len(true_labels), len(accuracies)), MISSING, np.int32)
         vote = recovered = np.full(len(true_labels), MISSING, np.int32)

@@ -101,8 +101,7 @@ def seed_rows(config, workdir: str, seed: int, ltnet_epochs: float) -> List[Dict
   train_split = source.splits[seeded.dataset.train_split]
   truth = train_split["true_label"]
   simulated = source.confusions
-  num_classes = source.info().num_classes
-  em = data.dawid_skene(train_split["annotations"], num_classes)
+  em = source.label_model
   rows = [
       _matrix_row("majority vote (labels only)", seed, None,
                   np.mean(train_split["majority_vote"] == truth), None, simulated),

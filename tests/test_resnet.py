@@ -522,7 +522,9 @@ def test_model_names_and_constructors():
   assert len(models.resnet.MODEL_NAMES) == 20
   assert models.MODEL_NAMES[20:38] == models.regnet.MODEL_NAMES
   assert models.MODEL_NAMES[20] == 'regnetx_002'
-  assert models.MODEL_NAMES[38:] == ('regnet', 'dndt', 'sdt', 'ndf', 'mlp', 'transformer',
+  assert models.MODEL_NAMES[38:] == ('regnet', 'dndt', 'sdt', 'ndf', 'mlp', 'latent_truth',
+                                     'gcn', 'gat', 'graphsage', 'ggnn', 'node_mlp',
+                                     'transformer',
                                      'transformer_base', 'transformer_tiny',
                                      'patch_transformer')
   assert models.MODEL_NAMES[:4] == ('resnet18', 'resnet18b', 'resnet18c',

@@ -16,6 +16,10 @@ model input and ``DatasetInfo.element_spec`` one example per key.
                   mosaics with hidden labels (``digits_mosaic``), in memory.
   annotators.py   labels from simulated annotators who disagree (``digits_annotated``),
                   majority vote and Dawid–Skene EM.
+  graphs.py       padded dense graphs: the karate club, k-NN graphs of the digits (also
+                  rewired to disagree), networkx's graph atlas (``karate_club``,
+                  ``digits_knn``, ``graph_atlas``).
+  babi.py         GGNN's bAbI reasoning tasks as generated graphs (``babi``).
   sequences.py    synthetic sequence-to-sequence tasks from a seed (``seq_copy``,
                   ``seq_reverse``, ``seq_sort``, ``seq_add``).
   translation.py  any prepared TFDS translation dataset, length-bucketed
@@ -38,6 +42,7 @@ import bagtricks.data.preprocess as preprocess
 from bagtricks.data.annotators import (ANNOTATED_SOURCES, AnnotatedDigitsSource, DawidSkene,
                                        annotate, confusion_matrix, dawid_skene, majority_vote)
 from bagtricks.data.arrays import ArraySource
+from bagtricks.data.babi import BABI_SOURCES
 from bagtricks.data.base import (DATASET_DEFAULTS, Batch, DataError, DatasetInfo, Source,
                                  per_process_batch_size, steps_per_epoch, to_device_layout,
                                  with_dataset_defaults)
@@ -45,6 +50,7 @@ from bagtricks.data.bundled import (BUNDLED_SOURCES, LOCAL_SOURCES, REGRESSION_S
                                     TABULAR_SOURCES, TabularData, TabularSource, digits_arrays,
                                     load_tabular, local_dataset_arrays, mnist_5k_arrays,
                                     prepare_local_dataset, prepare_sklearn_digits)
+from bagtricks.data.graphs import GRAPH_SOURCES, pad_graphs
 from bagtricks.data.digit_sets import DIGIT_SET_SOURCES, DigitMosaicSource, DigitsPKSource
 from bagtricks.data.padded_eval import ArrayEvalBatches, PaddedEvalBatches, pad_batch
 from bagtricks.data.sequences import SEQUENCE_SOURCES, SequenceTask, SequenceTaskSource
@@ -77,7 +83,7 @@ def source_names() -> Tuple[str, ...]:
 
 
 for _name, _factory in {**BUNDLED_SOURCES, **DIGIT_SET_SOURCES, **ANNOTATED_SOURCES,
-                         **SEQUENCE_SOURCES}.items():
+                         **SEQUENCE_SOURCES, **GRAPH_SOURCES, **BABI_SOURCES}.items():
   register_source(_name, _factory)
 
 # The bundled and synthetic dataset names (``source_names()`` also lists those registered

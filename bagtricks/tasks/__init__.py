@@ -16,6 +16,7 @@ from bagtricks import config_fields
 from bagtricks.tasks.base import EXAMPLES, IMAGES, TOKENS, Refit, Task, TaskBase, Throughput
 from bagtricks.tasks.classification import ClassificationTask, logits_of, prediction_heads
 from bagtricks.tasks.embedding import CenterLossTask, CircleLossTask
+from bagtricks.tasks.graph import GRAPH_TARGETS, GraphTask
 from bagtricks.tasks.latent_truth import LATENT_TRUTH_METHODS, LatentTruthTask
 from bagtricks.tasks.multilabel import MultiLabelTask
 from bagtricks.tasks.sequence import Seq2SeqTask
@@ -43,6 +44,7 @@ register_task("center_loss")(CenterLossTask)
 register_task("circle_loss")(CircleLossTask)
 register_task("multilabel")(MultiLabelTask)
 register_task("latent_truth")(LatentTruthTask)
+register_task("graph")(GraphTask)
 
 
 def task_names() -> tuple:
@@ -117,7 +119,7 @@ def data_problems(config, dataset_info) -> List[str]:
 
 
 __all__ = ["TASK_FIELDS", "CenterLossTask", "CircleLossTask", "ClassificationTask", "config_problems",
-           "create_task", "data_problems", "EXAMPLES", "ForestTask", "get_task_class",
+           "create_task", "data_problems", "EXAMPLES", "ForestTask", "get_task_class", "GRAPH_TARGETS", "GraphTask",
            "IMAGES", "LATENT_TRUTH_METHODS", "LatentTruthTask", "logits_of", "MultiLabelTask", "prediction_heads", "Refit",
            "register_task", "Seq2SeqTask", "SoftTreeTask", "Task", "TaskBase", "task_name",
            "task_names", "Throughput", "TOKENS"]

@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.property = "has_cycle"
   config.dataset.test_fraction = 0.3
   config.dataset.split_seed = 0
+  config.dataset.max_nodes = 0  # The padded size; 0: the largest graph (7 nodes).
   config.model.hidden = 32
   config.model.steps = 5
   config.model.readout = "graph"

@@ -348,3 +348,19 @@ def test_gcn_beats_the_mlp_on_the_digits_graph_and_not_on_the_rewired_one(tmp_pa
       results[name, rewire] = run["test_accuracy"]
   assert results["gcn", 0.0] >= 0.94 and results["gcn", 0.0] >= results["node_mlp", 0.0] + 0.05
   assert results["gcn", 0.7] < results["node_mlp", 0.7]
+
+
+def test_graph_study_tables():
+  from bagtricks.studies import graph_study
+  results = {"seeds": [0, 1],
+             "node": [{"graph": "karate_club", "homophily": 0.87, "gcn": [0.9, 1.0],
+                       "gat": [1.0, 1.0], "graphsage": [0.8, 0.9], "node_mlp": [0.5, 0.5]},
+                      {"graph": "digits_knn", "homophily": 0.96, "gcn": [0.95, 0.97],
+                       "gat": [None], "graphsage": [0.9, 0.9], "node_mlp": [0.9, 0.88]}],
+             "babi": [{"task": 4, "ggnn": [1.0, 1.0], "node_mlp": [0.4, 0.3]}]}
+  table = graph_study.markdown_tables(results)
+  assert "| karate_club | 0.87 | 95.00 ± 5.00 | 100.00 ± 0.00 | 85.00 ± 5.00 | 50.00 ± 0.00 |" \
+      in table
+  assert "| digits_knn | 0.96 | 96.00 ± 1.00 | – |" in table
+  assert "| 4 | 100.00 ± 0.00 | 35.00 ± 5.00 |" in table
+  assert "atlas" not in table

@@ -37,7 +37,7 @@ from configs import gcn_karate, ggnn_babi, gnn_atlas, gnn_digits
 
 NODE_MODELS = ("gcn", "gat", "graphsage", "node_mlp")
 # GAT's dense attention over every pair of the 1,797 digits (with dropout on it, as in the
-# paper) makes a step ~25× a GCN step on the digits graphs: ``--gat_on_digits`` adds it.
+# paper) makes a step ~35× a GCN step on the digits graphs: ``--gat_on_digits`` adds it.
 DIGITS_NODE_MODELS = ("gcn", "graphsage", "node_mlp")
 GRAPH_MODELS = ("ggnn", "gcn", "gat", "graphsage", "node_mlp")
 BABI_MODELS = ("ggnn", "node_mlp")

@@ -19,7 +19,7 @@ and ``'select'`` (GGNN's node selection) one score per node ``[batch, N]``, −1
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

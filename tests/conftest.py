@@ -64,6 +64,28 @@ def run_data_parallel(state, step_fn, batch, num_devices: int, backend: str = "p
   return dp.unreplicate(p_state), dp.metrics_to_host(metrics)
 
 
+def train_on_one_and_eight_devices(model, task, tx, batch, seed: int = 0):
+  """Two fp32 train steps of ``batch`` from one initial state, on 1 and on 8 devices.
+
+  Returns:
+    ``(initial state, (state, metrics) on 1 device, (state, metrics) on 8)``, on the host.
+  """
+  from bagtricks import precision, steps
+  from bagtricks.state import init_train_state
+  state = init_train_state(model, tx, task, {k: v[:1] for k, v in batch.items()}, seed=seed)
+  step_fn = steps.make_train_step(model, task, tx, precision.get_policy("fp32"))
+  return (state, run_data_parallel(state, step_fn, batch, 1),
+          run_data_parallel(state, step_fn, batch, 8))
+
+
+def assert_trees_close(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+  """Every leaf of ``a`` is close to the same leaf of ``b``."""
+  import jax
+  import numpy as np
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
 def jaxpr_primitives(fn, *args) -> set:
   """Names of the primitives in the top level of ``fn``'s jaxpr for ``args``."""
   import jax

@@ -15,7 +15,7 @@ from bagtricks.state import init_train_state
 from bagtricks.tasks import CenterLossTask, CircleLossTask
 from bagtricks.tasks.embedding import embedding_spread, recall_at_k
 from bagtricks.tasks.multilabel import average_precision, mean_average_precision
-from conftest import run_data_parallel
+from conftest import assert_trees_close, run_data_parallel
 from configs import center_loss_digits, circle_loss_digits, default, multilabel_mosaic
 
 GLOBAL_BATCH = 16
@@ -36,12 +36,6 @@ def _setup(task, **model_kwargs):
   return state, steps.make_train_step(model, task, tx, precision.get_policy("fp32")), batch
 
 
-def _assert_trees_close(a, b, tolerance=1e-5):
-  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
-                               atol=tolerance, rtol=tolerance)
-
-
 def _assert_updates_close(start, a, b, tolerance):
   """The updates ``a - start`` and ``b - start`` agree within ``tolerance`` of the largest."""
   for s, x, y in zip(*(jax.tree_util.tree_leaves(t) for t in (start, a, b))):
@@ -59,7 +53,7 @@ def test_centers_on_eight_devices_equal_one():
   centers = np.asarray(one.task_state["centers"])
   # The update summed every device's examples: the same centers as one device.
   np.testing.assert_allclose(np.asarray(eight.task_state["centers"]), centers, atol=1e-5)
-  _assert_trees_close(one.params, eight.params)
+  assert_trees_close(one.params, eight.params, rtol=1e-5, atol=1e-5)
   assert m1["center_loss"] == pytest.approx(m8["center_loss"], abs=1e-5)
   # Classes 0-3 moved from zero, classes absent from the batch kept their zero centers.
   assert np.all(np.abs(centers[:4]).sum(axis=1) > 0) and not np.any(centers[4:])

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 import models
-from bagtricks import data, optim, precision, steps, train, validate
+from bagtricks import data, optim, train, validate
 from bagtricks.data import babi, graphs
-from bagtricks.state import init_train_state
 from bagtricks.tasks import GraphTask
-from conftest import run_data_parallel
+from conftest import assert_trees_close, train_on_one_and_eight_devices
 from configs import gcn_karate, ggnn_babi, gnn_atlas, gnn_digits
 from models import graph as gnn
 
@@ -291,14 +290,10 @@ def test_node_classification_on_eight_devices_equals_one():
   task = GraphTask("node_labels", 2)
   model = models.create_model("gcn", num_classes=2, hidden=(8,), dropout_rate=0.0)
   tx = optim.build_optimizer(config, 0.01)
-  state = init_train_state(model, tx, task, {k: v[:1] for k, v in batch.items()}, seed=0)
-  step_fn = steps.make_train_step(model, task, tx, precision.get_policy("fp32"))
-  one, m1 = run_data_parallel(state, step_fn, batch, 1)
-  eight, m8 = run_data_parallel(state, step_fn, batch, 8)
+  _, (one, m1), (eight, m8) = train_on_one_and_eight_devices(model, task, tx, batch)
   # Six of the eight devices hold no labelled node; the loss is still the mean over two.
   assert m1["loss"] == pytest.approx(m8["loss"], rel=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(eight.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert_trees_close(one.params, eight.params)
 
 
 def test_bad_graph_inputs_are_one_line_before_compiling(tmp_path):

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 import models
-from bagtricks import data, losses, optim, precision, steps, train, validate
+from bagtricks import data, losses, optim, train, validate
 from bagtricks.data import annotators
-from bagtricks.state import init_train_state
 from bagtricks.tasks import LatentTruthTask
-from conftest import run_data_parallel
+from conftest import assert_trees_close, train_on_one_and_eight_devices
 from configs import ltnet_digits
 
 
@@ -149,13 +148,9 @@ def test_ltnet_on_eight_devices_equals_one():
            "majority_vote": rng.integers(0, 10, 16).astype(np.int32),
            "dawid_skene": rng.integers(0, 10, 16).astype(np.int32),
            "true_label": rng.integers(0, 10, 16).astype(np.int32)}
-  state = init_train_state(model, tx, task, {k: v[:1] for k, v in batch.items()}, seed=0)
-  step_fn = steps.make_train_step(model, task, tx, precision.get_policy("fp32"))
-  one, m1 = run_data_parallel(state, step_fn, batch, 1)
-  eight, m8 = run_data_parallel(state, step_fn, batch, 8)
+  state, (one, m1), (eight, m8) = train_on_one_and_eight_devices(model, task, tx, batch)
   assert m1["loss"] == pytest.approx(m8["loss"], rel=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(eight.params)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  assert_trees_close(one.params, eight.params, rtol=1e-5, atol=1e-5)
   assert not np.allclose(one.params["transition_logits"], state.params["transition_logits"])
 
 

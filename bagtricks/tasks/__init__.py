@@ -118,8 +118,9 @@ def data_problems(config, dataset_info) -> List[str]:
   return list(check(config, dataset_info)) if check else []
 
 
-__all__ = ["TASK_FIELDS", "CenterLossTask", "CircleLossTask", "ClassificationTask", "config_problems",
-           "create_task", "data_problems", "EXAMPLES", "ForestTask", "get_task_class", "GRAPH_TARGETS", "GraphTask",
-           "IMAGES", "LATENT_TRUTH_METHODS", "LatentTruthTask", "logits_of", "MultiLabelTask", "prediction_heads", "Refit",
+__all__ = ["TASK_FIELDS", "CenterLossTask", "CircleLossTask", "ClassificationTask",
+           "config_problems", "create_task", "data_problems", "EXAMPLES", "ForestTask",
+           "get_task_class", "GRAPH_TARGETS", "GraphTask", "IMAGES", "LATENT_TRUTH_METHODS",
+           "LatentTruthTask", "logits_of", "MultiLabelTask", "prediction_heads", "Refit",
            "register_task", "Seq2SeqTask", "SoftTreeTask", "Task", "TaskBase", "task_name",
            "task_names", "Throughput", "TOKENS"]

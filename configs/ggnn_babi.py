@@ -14,7 +14,8 @@ from configs import gcn_karate
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = gcn_karate.graph_config("babi", "ggnn")
+  config = gcn_karate.graph_config("babi", "ggnn", batch_size=8, eval_batch_size=200,
+                                   num_epochs=100)
   config.dataset.task = 4
   config.dataset.train_examples = 50
   config.dataset.test_examples = 1000
@@ -22,9 +23,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.hidden = 16
   config.model.steps = 5
   config.model.readout = "select"
-  config.optimizer.weight_decay = 0.0
-  config.batch_size = 8
-  config.eval_batch_size = 200
-  config.optimizer.base_batch_size = config.batch_size
-  config.num_epochs = 100
   return config

@@ -13,7 +13,8 @@ from configs import gcn_karate
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = gcn_karate.graph_config("graph_atlas", "ggnn")
+  config = gcn_karate.graph_config("graph_atlas", "ggnn", batch_size=64, eval_batch_size=128,
+                                   num_epochs=100)
   config.dataset.property = "has_cycle"
   config.dataset.test_fraction = 0.3
   config.dataset.split_seed = 0
@@ -21,9 +22,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.hidden = 32
   config.model.steps = 5
   config.model.readout = "graph"
-  config.optimizer.weight_decay = 0.0
-  config.batch_size = 64
-  config.eval_batch_size = 128
-  config.optimizer.base_batch_size = config.batch_size
-  config.num_epochs = 100
   return config

@@ -14,7 +14,7 @@ from configs import gcn_karate
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = gcn_karate.on_one_graph(gcn_karate.graph_config("digits_knn", "gcn"))
+  config = gcn_karate.node_config("digits_knn", "gcn")
   config.dataset.digits = "sklearn_digits"
   config.dataset.neighbours = 10
   config.dataset.labels_per_class = 10

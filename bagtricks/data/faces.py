@@ -231,6 +231,22 @@ def face_arrays(identities: int = 150, test_identities: int = 30, per_expression
   if not 0 < test_identities < identities:
     raise ValueError(f"test_identities={test_identities} must be in (0, identities="
                      f"{identities}).")
+  images, labels, people = draw_people(identities, per_expression, size, seed)
+  images, labels = images[..., None], labels.astype(np.int64)
+  test = people >= identities - test_identities
+  return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test])}
+
+
+def draw_people(identities: int, per_expression: int, size: int, seed: int
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Every person in every expression ``per_expression`` times, in order of person.
+
+  Each image has a random intensity in [0.6, 1.2], pose, lighting and noise; person p's
+  images depend only on ``(seed, p)``.
+
+  Returns:
+    ``(images [n, size, size] uint8, labels [n] int32, people [n] int)``.
+  """
   images, labels, people = [], [], []
   for person in range(identities):
     identity = random_identity(np.random.default_rng([seed, person]))
@@ -241,7 +257,4 @@ def face_arrays(identities: int = 150, test_identities: int = 30, per_expression
         images.append(draw_face(identity, expression, rng, size))
         labels.append(label)
         people.append(person)
-  images = np.stack(images)[..., None]
-  labels, people = np.asarray(labels, np.int64), np.asarray(people)
-  test = people >= identities - test_identities
-  return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test])}
+  return np.stack(images), np.asarray(labels, np.int32), np.asarray(people)

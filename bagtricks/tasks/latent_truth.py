@@ -36,6 +36,8 @@ class LatentTruthTask(TaskBase):
     num_annotators: K.
     method: one of ``LATENT_TRUTH_METHODS`` (see the module docstring).
     annotator_weights: w_k per annotator; empty: all 1.
+    trace_weight: λ of the trace penalty on the T_k (LTNet only).
+    input_key: the batch entry the backbone reads (the source's ``input_key``).
   """
 
   progress_metrics = {"agreement": "agree"}
@@ -43,11 +45,11 @@ class LatentTruthTask(TaskBase):
                      "latent_truth.trace_weight": 0.0}
 
   def __init__(self, num_classes: int, num_annotators: int, method: str = "ltnet",
-               annotator_weights=(), trace_weight: float = 0.0):
+               annotator_weights=(), trace_weight: float = 0.0, input_key: str = "image"):
     self.num_classes = num_classes
     self.num_outputs = num_classes
     self.num_annotators = num_annotators
-    self.input_keys = ("image",)
+    self.input_keys = (input_key,)
     self.method = method
     self.weights = (jnp.asarray(annotator_weights, jnp.float32) if len(annotator_weights)
                     else None)
@@ -57,7 +59,7 @@ class LatentTruthTask(TaskBase):
   def from_config(cls, config, dataset_info) -> "LatentTruthTask":
     return cls(dataset_info.num_classes, dataset_info.element_spec["annotations"].shape[0],
                config.latent_truth.method, tuple(config.latent_truth.annotator_weights),
-               config.latent_truth.trace_weight)
+               config.latent_truth.trace_weight, dataset_info.input_key)
 
   @classmethod
   def check_config(cls, config) -> List[str]:
@@ -83,7 +85,7 @@ class LatentTruthTask(TaskBase):
     if any(k not in spec for k in needed) or len(spec["annotations"].shape) != 1:
       return [f"config.task='latent_truth' needs {list(needed)} with annotations [K], and "
               f"config.dataset.name={dataset_info.name!r} has {sorted(spec)}; use "
-              "dataset.name='digits_annotated'."]
+              "dataset.name='digits_annotated' or 'faces_annotated'."]
     annotators = spec["annotations"].shape[0]
     weights = tuple(config.latent_truth.annotator_weights)
     if weights and len(weights) != annotators:

@@ -3,7 +3,8 @@ from several annotators.
 
 Classification losses take float32 logits ``[batch, num_classes]`` and return per-example
 values ``[batch]``; the caller takes the (masked) mean. The embedding losses (center loss, Git
-loss, Circle loss) take features ``[batch, D]``; the multi-label losses take labels in
+loss, Circle loss) take features ``[batch, D]``, the batch-all triplet loss strips of them
+``[strips, batch, D]``; the multi-label losses take labels in
 {1: positive, −1: negative, 0: unknown}.
 """
 
@@ -316,6 +317,59 @@ def pairwise_circle_loss(anchors: jnp.ndarray, anchor_labels: jnp.ndarray,
   same = anchor_labels[:, None] == gallery_labels[None, :]
   not_self = anchor_index[:, None] != jnp.arange(gallery.shape[0])[None, :]
   return masked_circle_loss(similarities, same & not_self, ~same, margin, gamma)
+
+
+def _euclidean(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  """``[..., A, G]`` Euclidean distances of ``a [..., A, D]`` to ``b [..., G, D]``; the
+  square root is taken of at least 1e-12, so that a zero distance has a finite gradient."""
+  squared = (jnp.sum(a * a, -1)[..., :, None] + jnp.sum(b * b, -1)[..., None, :]
+             - 2.0 * a @ jnp.swapaxes(b, -1, -2))
+  return jnp.sqrt(jnp.maximum(squared, 1e-12))
+
+
+def batch_all_triplet_sums(anchors: jnp.ndarray, anchor_labels: jnp.ndarray,
+                           anchor_index: jnp.ndarray, gallery: jnp.ndarray,
+                           gallery_labels: jnp.ndarray, margin: float = 0.2):
+  """Batch-all triplet terms (Hermans et al. 2017; GaitSet's loss) of anchors against a batch.
+
+  For every anchor a, positive p (same label, p ≠ a) and negative n (another label) of the
+  gallery: l_apn = max(0, m + d(a, p) − d(a, n)), d Euclidean, per strip s (the leading axis).
+  GaitSet averages l over the triplets where it is not zero, per strip, then over strips:
+  ``loss_sum / max(nonzero, 1)`` once the sums of every device are added.
+
+  Args:
+    anchors: ``[S, A, D]``.
+    anchor_labels: ``[A]``.
+    anchor_index: each anchor's row in the gallery ``[A]``.
+    gallery: ``[S, G, D]`` (e.g. the whole global batch, anchors included).
+    gallery_labels: ``[G]``.
+    margin: m.
+
+  Returns:
+    ``(loss_sum [S], nonzero [S], distance_sums {'positive', 'negative'}: [S] sums of d(a, p)
+    and d(a, n) over the pairs, pair_counts {'positive', 'negative'} scalars)``.
+  """
+  distances = _euclidean(anchors, gallery)  # [S, A, G]
+  same = anchor_labels[:, None] == gallery_labels[None, :]
+  positive = same & (anchor_index[:, None] != jnp.arange(gallery.shape[1])[None, :])
+  negative = ~same
+  terms = margin + distances[:, :, :, None] - distances[:, :, None, :]  # [S, A, P, N]
+  valid = positive[:, :, None] & negative[:, None, :]
+  terms = jnp.where(valid[None], jnp.maximum(terms, 0.0), 0.0)
+  sums = {"positive": jnp.sum(jnp.where(positive[None], distances, 0.0), axis=(1, 2)),
+          "negative": jnp.sum(jnp.where(negative[None], distances, 0.0), axis=(1, 2))}
+  counts = {"positive": jnp.sum(positive), "negative": jnp.sum(negative)}
+  return jnp.sum(terms, axis=(1, 2, 3)), jnp.sum(terms > 0, axis=(1, 2, 3)), sums, counts
+
+
+def batch_all_triplet_loss(embeddings: jnp.ndarray, labels: jnp.ndarray,
+                           margin: float = 0.2) -> jnp.ndarray:
+  """GaitSet's loss on one batch ``[S, B, D]``: each strip's mean over its non-zero triplets,
+  averaged over strips (``batch_all_triplet_sums`` with the batch as anchors and gallery)."""
+  index = jnp.arange(embeddings.shape[1])
+  loss_sum, nonzero, _, _ = batch_all_triplet_sums(embeddings, labels, index, embeddings,
+                                                   labels, margin)
+  return jnp.mean(loss_sum / jnp.maximum(nonzero, 1))
 
 
 def class_circle_loss(cosines: jnp.ndarray, labels: jnp.ndarray, margin: float = 0.25,

@@ -211,4 +211,4 @@ def test_latent_truth_study_rows_and_table(digits_data_dir, tmp_path):
   assert mv["test_accuracy"] is None and 80 < mv["recovered"] < 90
   assert all(r["test_accuracy"] > 50 for r in rows if r["test_accuracy"] is not None)
   table = latent_truth_study.markdown_table(rows, [0], 2, 4)
-  assert "| LTNet (from the union run) |" in table and "Simulated diagonals: 0.60, 0.70, 0.80" in table
+  assert "| LTNet (from the union run) |" in table and "True diagonals: 0.60, 0.70, 0.80" in table

@@ -23,9 +23,9 @@ Each row reports the test accuracy against the true classes (and, where the anno
 systematic biases, on the test images of the classes they confuse), the share of training
 images whose true class is recovered (the argmax of the model, or the aggregated label), and,
 where T_k is estimated, its diagonal and the mean absolute error of its entries against the
-annotator's true matrix. It writes ``latent_truth.md``, ``latent_truth.json`` and ``latent_truth.png`` (the
-simulated matrices beside LTNet's and Dawid–Skene's, seed 0) into the workdir; finished runs are
-reused.
+annotator's true matrix. It writes ``latent_truth.md``, ``latent_truth.json`` and
+``latent_truth.png`` (the true matrices beside LTNet's and Dawid–Skene's, seed 0) into the
+workdir; finished runs are reused.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def markdown_table(rows: List[Dict], seeds: Sequence[int], ltnet_epochs: float,
                             .mean(axis=1))
   biased = any(r.get("biased_classes") is not None for r in rows)
   lines = [f"Seeds {list(seeds)}; the baselines train {budget:g} epochs, LTNet "
-           f"{ltnet_epochs:g} more from the union run. Simulated diagonals: {true_diagonal}.",
+           f"{ltnet_epochs:g} more from the union run. True diagonals: {true_diagonal}.",
            "",
            "| method | test accuracy (%) | "
            + ("test accuracy on the biased classes (%) | " if biased else "")
@@ -178,14 +178,15 @@ def markdown_table(rows: List[Dict], seeds: Sequence[int], ltnet_epochs: float,
 
 
 def plot(results: Dict, path: str) -> None:
-  """The first seed's simulated T_k beside LTNet's and Dawid–Skene's estimates."""
+  """The first seed's true T_k (simulated, or measured for a model) beside LTNet's and
+  Dawid–Skene's estimates."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   rows = [r for r in results["rows"] if r["seed"] == results["seeds"][0]]
   estimated = [r for r in rows if r["transitions"] is not None]
-  panels = [("simulated", np.array(rows[0]["simulated"]))] + [
+  panels = [("true", np.array(rows[0]["simulated"]))] + [
       (r["method"], np.array(r["transitions"])) for r in estimated]
   num_annotators = len(panels[0][1])
   fig, axes = plt.subplots(len(panels), num_annotators,

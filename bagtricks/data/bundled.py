@@ -248,6 +248,13 @@ class TabularData:
     return np.asarray(values) * self.std[feature] + self.mean[feature]
 
 
+def column_statistics(train: np.ndarray):
+  """Each column's mean and standard deviation over the train rows (a constant column's std
+  taken as 1), for x' = (x − mean) / std."""
+  mean, std = train.mean(axis=0), train.std(axis=0)
+  return mean, np.where(std > 0, std, 1.0)
+
+
 def load_tabular(name: str, test_fraction: float = 0.2, split_seed: int = 0) -> TabularData:
   """One of scikit-learn's bundled tables, split by seed, with train-only scaling.
 
@@ -282,9 +289,7 @@ def load_tabular(name: str, test_fraction: float = 0.2, split_seed: int = 0) -> 
   x_train, x_test, y_train, y_test = train_test_split(
       x, y, test_size=test_fraction, stratify=None if regression else y,
       random_state=split_seed)
-  mean = x_train.mean(axis=0)
-  std = x_train.std(axis=0)
-  std = np.where(std > 0, std, 1.0)
+  mean, std = column_statistics(x_train)
 
   def scale(features):
     return ((features - mean) / std).astype(np.float32)

@@ -295,15 +295,14 @@ class FaceLandmarkSource(ArraySource):
                      "image_size": 96, "generator_seed": 0}
 
   def __init__(self, config):
+    from bagtricks.data.bundled import column_statistics  # pylint: disable=import-outside-toplevel
     from bagtricks.data.tfds_images import resolve_data_dir  # pylint: disable=import-outside-toplevel
     config = with_dataset_defaults(config, self.config_defaults)
     dc = config.dataset
     self.arrays = landmark_arrays(resolve_data_dir(dc.data_dir), dc.identities,
                                   dc.test_identities, dc.per_expression, dc.image_size,
                                   dc.generator_seed)
-    train = self.arrays["train"]["features"]
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
+    mean, std = column_statistics(self.arrays["train"]["features"])
     splits = {split: {"features": ((a["features"] - mean) / std).astype(np.float32),
                       "label": a["label"]} for split, a in self.arrays.items()}
     super().__init__(config, splits, input_key="features", num_classes=len(EXPRESSIONS),

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from models import explain
+from models import gaitset
 from models import graph
 from models import regnet
 from models import resnet
@@ -22,6 +23,7 @@ from models.forest import fixed_point_leaf_update
 from models.forest import forest_log_probs
 from models.forest import LEAF_LEARNING
 from models.forest import NeuralDecisionForest
+from models.gaitset import GaitSet
 from models.latent_truth import LatentTruthNet
 from models.latent_truth import near_identity_logits
 from models.layers import DropBlock
@@ -36,6 +38,7 @@ from models.registry import ModelSpec
 from models.registry import positive
 from models.registry import register_model
 from models.registry import spec_of_module
+from models.regions import RegionEncoder
 from models.regnet import RegNet
 from models.resnet import ResNet
 from models.resnet import ResNet101
@@ -288,6 +291,83 @@ for _name, _module in graph.GRAPH_MODELS.items():
   register_model(_name, _graph_spec(_module))
 
 # ------------------------------------------------------------------------------------------
+# Bags of regions: an image model on every region of every image of a bag.
+
+
+def _region_encoder_build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
+  return RegionEncoder(_build_inner_model(kwargs, "backbone", "region_encoder", num_outputs,
+                                          dtype, axis_name))
+
+
+def _region_encoder_checks(kwargs) -> List[str]:
+  problems = _inner_model_problems(kwargs, "backbone", "region_encoder")
+  _, backbone = _inner_model(kwargs, "backbone")
+  width = backbone.get("feature_dim", 0)
+  if not problems and (not isinstance(width, int) or width < 1):
+    problems.append(f"config.model.backbone.feature_dim={width!r}: the region encoder weighs "
+                    "the regions' features; give the backbone a feature layer (e.g. 64).")
+  return problems
+
+
+def _region_encoder_data_checks(kwargs, info) -> List[str]:
+  spec = info.element_spec.get("regions")
+  if spec is None or len(spec.shape) not in (4, 5):
+    return [f"config.model.name='region_encoder' reads bags of regions 'regions' [bag, "
+            f"regions, H, W(, C)], and config.dataset.name={info.name!r} has "
+            f"{sorted(info.element_spec)}; use dataset.name='web_digits'."]
+  return []
+
+
+register_model("region_encoder", ModelSpec(
+    build=_region_encoder_build, default_task=lambda kwargs: "web_bags", input_key="regions",
+    check_config=_region_encoder_checks, check_for_data=_region_encoder_data_checks))
+
+# ------------------------------------------------------------------------------------------
+# GaitSet: sets of silhouettes → strip embeddings.
+
+
+def _gaitset_build(kwargs, *, num_outputs=None, dtype=jnp.float32, axis_name=None):
+  del num_outputs, axis_name  # An embedding: no class head, no BatchNorm.
+  return build_module(GaitSet, kwargs, num_outputs=None, dtype=dtype)
+
+
+def _gaitset_checks(kwargs) -> List[str]:
+  problems = positive(kwargs, "embedding_dim", integer=True)
+  pooling = kwargs.get("set_pooling", "max")
+  if pooling not in gaitset.SET_POOLINGS:
+    problems.append(f"config.model.set_pooling={pooling!r} is unknown; use one of "
+                    f"{gaitset.SET_POOLINGS}.")
+  for field in ("channels", "scales"):
+    values = kwargs.get(field, (1,))
+    if (isinstance(values, int) or not values
+        or any(not isinstance(v, int) or v < 1 for v in values)):
+      problems.append(f"config.model.{field}={values!r} must be a tuple of positive integers.")
+  if len(kwargs.get("channels", (1, 1, 1))) != 3:
+    problems.append(f"config.model.channels={kwargs['channels']!r} must be the 3 stages' "
+                    "widths (the paper: (32, 64, 128)).")
+  return problems
+
+
+def _gaitset_data_checks(kwargs, info) -> List[str]:
+  shape = tuple(info.input_shape)
+  if len(shape) not in (3, 4):
+    return [f"config.model.name='gaitset' reads sets of silhouettes [frames, height, width], "
+            f"and config.dataset.name={info.name!r} gives {shape}; use "
+            "dataset.name='gait_walkers'."]
+  rows = shape[1] // 4  # Two 2×2 poolings.
+  bad = [s for s in kwargs.get("scales", GaitSet.scales) if rows % s]
+  if shape[1] % 4 or bad:
+    return [f"config.model.scales={tuple(kwargs.get('scales', GaitSet.scales))!r}: each must "
+            f"divide the feature map's {rows} rows (config.dataset.height={shape[1]} / 4, "
+            "height a multiple of 4); e.g. (1, 2, 4, 8) for height 32."]
+  return []
+
+
+register_model("gaitset", ModelSpec(
+    build=_gaitset_build, default_task=lambda kwargs: "gait", input_key="frames",
+    check_config=_gaitset_checks, check_for_data=_gaitset_data_checks))
+
+# ------------------------------------------------------------------------------------------
 # Transformers.
 
 _TRANSFORMER_SIZES = ("d_model", "num_heads", "d_ff", "max_len")
@@ -402,6 +482,8 @@ __all__ = [
     'LatentTruthNet',
     'near_identity_logits',
     'forest_log_probs',
+    'GaitSet',
+    'gaitset',
     'get_spec',
     'MLP',
     'MODEL_NAMES',
@@ -409,6 +491,7 @@ __all__ = [
     'ModelSpec',
     'NeuralDecisionForest',
     'PatchTransformerClassifier',
+    'RegionEncoder',
     'RegNet',
     'regnet',
     'register_model',

@@ -89,18 +89,3 @@ def test_rank1_protocol_by_hand():
   np.testing.assert_allclose(tables["NM"], [[0.5, 1.0], [0.5, 1.0]])
   np.testing.assert_allclose(tables["CL"], [[0.5, 1.0], [0.5, 0.5]])
   np.testing.assert_allclose(gait.excluding_identical_view(tables["CL"]), [1.0, 0.5])
-
-
-def test_gait_study_tables_from_the_gei_baseline():
-  from bagtricks.studies import gait_study
-  data = gait.gait_sequences(identities=3, frames=4, height=16, width=11)
-  test = data["person"] >= 1
-  results = gait_study.gei_results(data, test)
-  assert set(results) == {"NM", "BG", "CL"}
-  for r in results.values():
-    assert len(r["per_view"]) == len(gait.VIEWS) and all(0 <= v <= 1 for v in r["per_view"])
-    # Each probe of one view matched against the gallery of the same view: NM probes are
-    # nearest to the same person's NM gallery there far more often than chance (1/2).
-  assert np.mean(np.diag(np.array(results["NM"]["table"]))) > 0.8
-  table = gait_study.markdown_table({"GEI": results}, 2)
-  assert "| GEI | CL |" in table and "180°" in table

@@ -6,7 +6,7 @@ import sys
 from conftest import REPO
 
 PURE_JAX = ["models", "bagtricks.optim", "bagtricks.precision", "bagtricks.losses",
-            "bagtricks.augment",
+            "bagtricks.augment", "bagtricks.som_memory",
             "bagtricks.steps", "bagtricks.parallel", "bagtricks.state", "bagtricks.tasks",
             "bagtricks.hooks"]
 

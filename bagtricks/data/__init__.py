@@ -52,7 +52,9 @@ from bagtricks.data.bundled import (BUNDLED_SOURCES, LOCAL_SOURCES, REGRESSION_S
                                     load_tabular, local_dataset_arrays, mnist_5k_arrays,
                                     prepare_local_dataset, prepare_sklearn_digits)
 from bagtricks.data.face_landmarks import FaceLandmarkSource
+from bagtricks.data.gait_sets import GAIT_SOURCES, GaitSource
 from bagtricks.data.graphs import GRAPH_SOURCES, pad_graphs
+from bagtricks.data.web_digits import WEB_SOURCES, WebDigitsSource
 from bagtricks.data.digit_sets import DIGIT_SET_SOURCES, DigitMosaicSource, DigitsPKSource
 from bagtricks.data.padded_eval import ArrayEvalBatches, PaddedEvalBatches, pad_batch
 from bagtricks.data.sequences import SEQUENCE_SOURCES, SequenceTask, SequenceTaskSource
@@ -86,7 +88,7 @@ def source_names() -> Tuple[str, ...]:
 
 for _name, _factory in {**BUNDLED_SOURCES, **DIGIT_SET_SOURCES, **ANNOTATED_SOURCES,
                          **SEQUENCE_SOURCES, **GRAPH_SOURCES, **BABI_SOURCES,
-                         "face_landmarks": FaceLandmarkSource,
+                         **GAIT_SOURCES, **WEB_SOURCES, "face_landmarks": FaceLandmarkSource,
                          "faces_annotated": AnnotatedFacesSource}.items():
   register_source(_name, _factory)
 
@@ -170,6 +172,7 @@ __all__ = [
     "annotate", "confusion_matrix", "dawid_skene", "majority_vote", "ArrayEvalBatches",
     "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
     "DatasetInfo", "DigitMosaicSource", "DigitsPKSource", "EOS_ID", "FaceLandmarkSource",
+    "GAIT_SOURCES", "GaitSource", "WEB_SOURCES", "WebDigitsSource",
     "LOCAL_SOURCES", "PAD_ID",
     "PaddedEvalBatches",
     "REGRESSION_SOURCES", "SEQUENCE_SOURCES", "SOURCE_NAMES", "SentencePieceTokenizer",

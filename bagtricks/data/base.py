@@ -10,7 +10,8 @@ evaluation batches have the same layout plus ``mask`` float32 ``[num_devices, pe
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterable, Iterator, Optional, Protocol, runtime_checkable
+from typing import (Any, Callable, Dict, Iterable, Iterator, Optional, Protocol,
+                    runtime_checkable)
 
 import jax
 import numpy as np
@@ -130,6 +131,25 @@ def with_dataset_defaults(config, defaults: Optional[Dict[str, Any]] = None):
   """
   fields = {f"dataset.{k}": v for k, v in {**DATASET_DEFAULTS, **(defaults or {})}.items()}
   return config_fields.complete(config, [config_fields.ConfigFields("dataset", fields)])
+
+
+def checked_dataset_config(config, defaults: Dict[str, Any], problems: Callable):
+  """``with_dataset_defaults(config, defaults)``, checked before any data is read or drawn.
+
+  Args:
+    config: the run config.
+    defaults: the source's ``config_defaults``.
+    problems: ``fn(config.dataset, per-process batch size) -> [problem, ...]``, each naming
+      its field.
+
+  Raises:
+    DataError: the first problem, if any.
+  """
+  config = with_dataset_defaults(config, defaults)
+  found = problems(config.dataset, per_process_batch_size(config.batch_size))
+  if found:
+    raise DataError(found[0])
+  return config
 
 
 def per_process_batch_size(global_batch_size: int) -> int:

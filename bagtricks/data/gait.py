@@ -20,8 +20,9 @@ No gait dataset ships offline (CASIA-B and OU-MVLP need registration), so walks 
   smaller for the CPU).
 
 Per sequence: a random start phase, a speed within ±10 %, a ±2 % size jitter and 0.5 % flipped
-pixels. ``gait_sequences`` draws a whole dataset; ``rank1_by_view`` is the paper's test
-protocol on any embedding, ``gait_energy_images`` the classical baseline (Han & Bhanu 2006).
+pixels. ``gait_sequences`` draws a whole dataset, ``gait_energy_images`` is the classical
+baseline (Han & Bhanu 2006); the protocol (``rank1_by_view``, ...) lives in
+``bagtricks.gait_protocol`` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -31,12 +32,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-VIEWS = tuple(range(0, 181, 18))  # CASIA-B's 11 views, degrees.
-# Condition → how many sequences each person walks in it, in CASIA-B (nm-01 … nm-06, …).
-CONDITIONS = {"nm": 6, "bg": 2, "cl": 2}
-# The paper's protocol: gallery NM 1–4; probes NM 5–6, BG 1–2, CL 1–2.
-GALLERY = ("nm", (1, 2, 3, 4))
-PROBES = {"NM": ("nm", (5, 6)), "BG": ("bg", (1, 2)), "CL": ("cl", (1, 2))}
+from bagtricks.gait_protocol import (CONDITIONS, GALLERY, META_KEYS, PROBES, VIEWS,
+                                     excluding_identical_view, rank1, rank1_by_view,
+                                     squared_distances)
+
 CAMERA_DISTANCE = 4.0  # In body heights.
 
 
@@ -200,45 +199,7 @@ def gait_energy_images(frames: np.ndarray) -> np.ndarray:
   return np.asarray(frames, np.float32).mean(axis=1) / 255.0
 
 
-def rank1_by_view(embeddings: np.ndarray, meta: Dict[str, np.ndarray],
-                  views: Sequence[int] = VIEWS) -> Dict[str, np.ndarray]:
-  """The paper's protocol: rank-1 of each probe set, per probe view × gallery view.
-
-  For probe view p and gallery view g, each probe sequence (``PROBES``) is matched to its
-  nearest gallery sequence (``GALLERY``) of view g by Euclidean distance; rank-1 is the share
-  whose nearest sequence is the same person.
-
-  Args:
-    embeddings: ``[n, d]``, one per sequence of ``meta`` (flattened as needed).
-    meta: ``person``, ``view``, ``condition``, ``sequence`` arrays ``[n]``.
-    views: the views, in table order.
-
-  Returns:
-    ``{probe: [len(views), len(views)]}`` rank-1 in [0, 1], rows the probe view, columns the
-    gallery view.
-  """
-  embeddings = np.asarray(embeddings, np.float64).reshape(len(embeddings), -1)
-  names = list(CONDITIONS)
-
-  def chosen(condition: str, sequences, view):
-    return np.flatnonzero((meta["condition"] == names.index(condition))
-                          & np.isin(meta["sequence"], sequences) & (meta["view"] == view))
-
-  tables = {}
-  for probe, (condition, sequences) in PROBES.items():
-    table = np.zeros((len(views), len(views)))
-    for i, probe_view in enumerate(views):
-      probes = chosen(condition, sequences, probe_view)
-      for j, gallery_view in enumerate(views):
-        gallery = chosen(GALLERY[0], GALLERY[1], gallery_view)
-        distances = ((embeddings[probes, None] - embeddings[None, gallery]) ** 2).sum(-1)
-        nearest = gallery[np.argmin(distances, axis=1)]
-        table[i, j] = np.mean(meta["person"][nearest] == meta["person"][probes])
-    tables[probe] = table
-  return tables
-
-
-def excluding_identical_view(table: np.ndarray) -> np.ndarray:
-  """Each probe view's rank-1 averaged over the gallery views other than its own."""
-  off = ~np.eye(len(table), dtype=bool)
-  return np.array([table[i][off[i]].mean() for i in range(len(table))])
+__all__ = ["CAMERA_DISTANCE", "CONDITIONS", "GALLERY", "META_KEYS", "PROBES", "VIEWS", "Walker",
+           "body_segments", "excluding_identical_view", "gait_energy_images", "gait_sequences",
+           "project", "random_walker", "rank1", "rank1_by_view", "render",
+           "squared_distances", "walk"]

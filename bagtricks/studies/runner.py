@@ -111,12 +111,28 @@ def write_outputs(workdir: str, name: str, table: str, results: Any, started: fl
         f"{time.time() - started:.0f} s.", flush=True)
 
 
-def finished_run_outputs(config, workdir: str, split: Optional[str] = None):
-  """A finished run's model applied to every example of ``split``, in order.
+def finished_run_model(config, workdir: str):
+  """A finished run's model, restored from its checkpoint (as a distillation teacher's is).
 
-  The run's weights and task state are restored from its checkpoint (as a distillation
-  teacher's are) and its model is applied with ``train=False`` to every batch of ``split``
-  (default the eval split) of ``config``'s dataset.
+  Returns:
+    ``(source, apply, variables)``: the config's data source, ``apply(variables, inputs)``
+    (jitted, ``train=False``) and the restored ``{'params', 'batch_stats', 'task_state'}``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from bagtricks import data, distill  # pylint: disable=g-import-not-at-top
+  from bagtricks.steps import model_variables  # pylint: disable=g-import-not-at-top
+  source = data.get_source(config)
+  restored = distill.load_teacher(ml_collections.ConfigDict(
+      {"teacher_workdir": workdir, "teacher_config": ""}), source.info())
+  apply = jax.jit(lambda v, x: restored.model.apply(
+      model_variables(v["params"], v["batch_stats"]), x, train=False))
+  return source, apply, restored.variables()
+
+
+def finished_run_outputs(config, workdir: str, split: Optional[str] = None):
+  """A finished run's model (``finished_run_model``) applied to every example of ``split``
+  (default the eval split) of ``config``'s dataset, in order.
 
   Yields:
     ``(outputs, batch, variables)`` per batch: the model's outputs (NumPy), the batch on one
@@ -124,17 +140,9 @@ def finished_run_outputs(config, workdir: str, split: Optional[str] = None):
     'batch_stats', 'task_state'}``.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from bagtricks import data, distill  # pylint: disable=g-import-not-at-top
-  from bagtricks.steps import model_variables  # pylint: disable=g-import-not-at-top
-  source = data.get_source(config)
-  info = source.info()
-  restored = distill.load_teacher(ml_collections.ConfigDict(
-      {"teacher_workdir": workdir, "teacher_config": ""}), info)
-  variables = restored.variables()
-  apply = jax.jit(lambda v, x: restored.model.apply(
-      model_variables(v["params"], v["batch_stats"]), x, train=False))
+  source, apply, variables = finished_run_model(config, workdir)
+  input_key = source.info().input_key
   for batch in source.eval_batches(1, split=split):
     batch = {k: v[0] for k, v in batch.items()}
-    outputs = jax.tree_util.tree_map(np.asarray, apply(variables, batch[info.input_key]))
+    outputs = jax.tree_util.tree_map(np.asarray, apply(variables, batch[input_key]))
     yield outputs, batch, variables

@@ -16,11 +16,13 @@ from bagtricks import config_fields
 from bagtricks.tasks.base import EXAMPLES, IMAGES, TOKENS, Refit, Task, TaskBase, Throughput
 from bagtricks.tasks.classification import ClassificationTask, logits_of, prediction_heads
 from bagtricks.tasks.embedding import CenterLossTask, CircleLossTask
+from bagtricks.tasks.gait import GaitTask
 from bagtricks.tasks.graph import GRAPH_TARGETS, GraphTask
 from bagtricks.tasks.latent_truth import LATENT_TRUTH_METHODS, LatentTruthTask
 from bagtricks.tasks.multilabel import MultiLabelTask
 from bagtricks.tasks.sequence import Seq2SeqTask
 from bagtricks.tasks.trees import ForestTask, SoftTreeTask
+from bagtricks.tasks.web_bags import WebBagsTask
 
 _REGISTRY: Dict[str, Type] = {}
 
@@ -45,6 +47,8 @@ register_task("circle_loss")(CircleLossTask)
 register_task("multilabel")(MultiLabelTask)
 register_task("latent_truth")(LatentTruthTask)
 register_task("graph")(GraphTask)
+register_task("gait")(GaitTask)
+register_task("web_bags")(WebBagsTask)
 
 
 def task_names() -> tuple:
@@ -120,7 +124,7 @@ def data_problems(config, dataset_info) -> List[str]:
 
 __all__ = ["TASK_FIELDS", "CenterLossTask", "CircleLossTask", "ClassificationTask",
            "config_problems", "create_task", "data_problems", "EXAMPLES", "ForestTask",
-           "get_task_class", "GRAPH_TARGETS", "GraphTask", "IMAGES", "LATENT_TRUTH_METHODS",
-           "LatentTruthTask", "logits_of", "MultiLabelTask", "prediction_heads", "Refit",
+           "GaitTask", "get_task_class", "GRAPH_TARGETS", "GraphTask", "IMAGES",
+           "LATENT_TRUTH_METHODS", "LatentTruthTask", "logits_of", "MultiLabelTask", "prediction_heads", "Refit",
            "register_task", "Seq2SeqTask", "SoftTreeTask", "Task", "TaskBase", "task_name",
-           "task_names", "Throughput", "TOKENS"]
+           "task_names", "Throughput", "TOKENS", "WebBagsTask"]

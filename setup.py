@@ -57,7 +57,7 @@ setuptools.setup(
         "onednn": ONEDNN,
         # The tests cover the oneDNN convolutions, the translation pieces, MNIST, graphs and
         # the face landmarks too.
-        "test": ["pytest>=8", "matplotlib>=3.8", *TEXT, *ONEDNN, *MNIST, *GRAPHS, *OPENCV],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "matplotlib>=3.8", *TEXT, *ONEDNN, *MNIST, *GRAPHS, *OPENCV],
         # The 5,000 MNIST digits (`--config.dataset.name=mnist_5k`), read offline.
         "mnist": MNIST,
         # The karate club and the graph atlas (`karate_club`, `graph_atlas`).

@@ -1,4 +1,4 @@
-"""CASIA-B's evaluation protocol for cross-view gait recognition (Yu et al. 2006; GaitSet §4.1).
+"""CASIA-B's protocol for cross-view gait recognition (Yu et al. 2006), as GaitSet reports it.
 
 Pure NumPy, shared by the walkers' data (``data.gait``), the gait task and its study: the 11
 views, the three conditions and their sequence counts, the gallery and probe sets, and rank-1

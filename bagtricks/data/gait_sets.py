@@ -5,7 +5,7 @@ The sequences of ``data.gait`` (every person in NM 1–6, BG 1–2 and CL 1–2 
 ``test_identities`` people are the test split, never trained on (CASIA-B's protocol: 74
 training and 50 test people).
 
-* Training batches are P×K, as GaitSet trains (Chao et al. 2019, §4.1): P people
+* Training batches are P×K, as GaitSet trains (Chao et al. 2019): P people
   (``classes_per_batch``) × K = batch / P sequences of each, every sequence a set of
   ``set_size`` of its frames drawn without replacement, all from
   ``np.random.default_rng([seed, step, process])``: a pure function of (config, step).

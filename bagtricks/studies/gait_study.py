@@ -11,7 +11,7 @@ rank-1 per probe view averaged over the gallery views other than its own):
   matched by nearest neighbour;
 * GaitSet trained for every seed through ``train.train_and_evaluate`` (a finished run in
   the workdir is reused);
-* the paper's set-size experiment (§4.4): the trained model scoring test sets of 1, 4, ...
+* the paper's set-size experiment: the trained model scoring test sets of 1, 4, ...
   frames (the same frames of each sequence for every model);
 * probes that mix two views: each NM probe set is half of its frames at view θ and half at
   θ + 90° (same person and sequence), against the gallery views other than those two, beside

@@ -61,6 +61,15 @@ def chosen_frames(count: int, frames: int, set_size: int, rng: np.random.Generat
   return np.argsort(rng.random((count, frames)), axis=1)[:, :set_size]
 
 
+def test_sets(frames: np.ndarray, count: int, seed: int) -> np.ndarray:
+  """Test sequences ``[n, frames, H, W]`` cut to sets of ``count`` frames (0: all), the same
+  frames in every run (drawn from ``np.random.default_rng([seed, 2])``)."""
+  if not count:
+    return frames
+  picks = chosen_frames(len(frames), frames.shape[1], count, np.random.default_rng([seed, 2]))
+  return np.take_along_axis(frames, picks[:, :, None, None], axis=1)
+
+
 def _problems(dc, batch: int) -> list:
   problems = []
   for field in ("identities", "test_identities", "frames", "height", "width", "set_size",
@@ -125,10 +134,8 @@ class GaitSource(ArraySource):
     splits = {}
     for split, rows in (("train", ~test), ("test", test)):
       frames = drawn["frames"][rows]
-      if split == "test" and dc.eval_frames:
-        picks = chosen_frames(len(frames), dc.frames, dc.eval_frames,
-                              np.random.default_rng([dc.generator_seed, 2]))
-        frames = np.take_along_axis(frames, picks[:, :, None, None], axis=1)
+      if split == "test":
+        frames = test_sets(frames, dc.eval_frames, dc.generator_seed)
       splits[split] = {"frames": (frames / 255.0).astype(np.float32),
                        "label": drawn["person"][rows].astype(np.int32),
                        **{k: drawn[k][rows].astype(np.int32) for k in META_KEYS}}

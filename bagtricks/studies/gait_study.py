@@ -31,7 +31,7 @@ import numpy as np
 from absl import flags
 
 from bagtricks import paths, train
-from bagtricks.data import gait
+from bagtricks.data import gait, gait_sets
 from bagtricks.gait_protocol import META_KEYS
 from bagtricks.studies import runner
 from bagtricks.tasks.gait import rank1_summary
@@ -108,27 +108,26 @@ def mixed_view_rank1(embedding, test: Dict[str, np.ndarray], views: Sequence[int
 
 
 def trained_results(config, run_dir: str, set_sizes: Sequence[int]) -> Dict:
-  """A trained GaitSet's protocol results, set sizes and mixed-view probes."""
+  """A trained GaitSet's protocol results, set sizes and mixed-view probes (the model is
+  restored once and applied to the test split's sequences with all their frames)."""
   summary = train.train_and_evaluate(config, run_dir)
   views = tuple(config.dataset.views)
   results = {"protocol": per_view_results(
       {k[len("test_"):]: v for k, v in summary.items() if k.startswith("test_rank1")}, views),
       "set_sizes": {}}
-  for size in set_sizes:
-    run = config.copy_and_resolve_references()
-    run.dataset.eval_frames = size
-    examples: Dict[str, List[np.ndarray]] = {k: [] for k in ("embedding",) + META_KEYS}
-    for outputs, batch, _ in runner.finished_run_outputs(run, run_dir):
-      real = batch["mask"] > 0
-      examples["embedding"].append(outputs.reshape(len(outputs), -1)[real])
-      for k in META_KEYS:
-        examples[k].append(batch[k][real])
-    examples = {k: np.concatenate(v) for k, v in examples.items()}
-    measured = rank1_summary(examples["embedding"], examples)
+  every_frame = config.copy_and_resolve_references()
+  every_frame.dataset.eval_frames = 0
+  source, apply, variables = runner.finished_run_model(every_frame, run_dir)
+  test = source.splits["test"]
+
+  def embedding(frames):
+    return embed(apply, variables, frames)
+
+  for size in set_sizes:  # The sets the source makes with dataset.eval_frames = size.
+    sets = gait_sets.test_sets(test["frames"], size, config.dataset.generator_seed)
+    measured = rank1_summary(embedding(sets), test)
     results["set_sizes"][size] = {p: measured[f"rank1_{p.lower()}"] for p in PROBES}
-  source, apply, variables = runner.finished_run_model(config, run_dir)
-  results["mixed_views"] = mixed_view_rank1(
-      lambda frames: embed(apply, variables, frames), source.splits["test"], views)
+  results["mixed_views"] = mixed_view_rank1(embedding, test, views)
   return results
 
 

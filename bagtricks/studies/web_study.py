@@ -33,6 +33,7 @@ from bagtricks import paths, som_memory, train
 from bagtricks.studies import runner
 from bagtricks.tasks.web_bags import noisy_image_auc, weight_on_digit
 
+EXAMPLE_BAGS = 6  # Bags in the picture.
 # (row label, run name, config.web_bags overrides).
 METHODS = (
     ("plain cross-entropy on whole images", "whole_image", {"pooling": "whole_image"}),
@@ -78,7 +79,14 @@ def memory_weights(config, run_dir: str) -> Dict[str, np.ndarray]:
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def seed_rows(config, workdir: str, seed: int) -> List[Dict]:
+def example_bags(count: int) -> np.ndarray:
+  """Which of ``count`` fixed bags the picture shows: ``EXAMPLE_BAGS`` spread evenly."""
+  return np.arange(count)[:: max(1, count // EXAMPLE_BAGS)][:EXAMPLE_BAGS]
+
+
+def seed_rows(config, workdir: str, seed: int, keep_examples: bool = False) -> List[Dict]:
+  """Every method's row for ``seed``; with ``keep_examples``, the memory run's row also holds
+  the weights of the pictured bags (``examples``)."""
   rows = []
   for label, name, overrides in METHODS:
     run = run_config(config, seed, overrides)
@@ -92,10 +100,9 @@ def seed_rows(config, workdir: str, seed: int) -> List[Dict]:
                                                weights["noisy"])
       row["noisy_auc"] = noisy_image_auc(weights["alpha"].sum(-1).reshape(-1),
                                          weights["noisy"].reshape(-1))
-      if seed == min(runner.numbers("seeds")) and name == "memory":
-        row["examples"] = {k: v[:: max(1, len(v) // 6)][:6].tolist()
-                           for k, v in weights.items()}
-        row["run_dir"] = run_dir
+      if keep_examples and name == "memory":
+        picked = example_bags(len(weights["label"]))
+        row["examples"] = {k: v[picked].tolist() for k, v in weights.items()}
     rows.append(row)
   return rows
 
@@ -150,15 +157,15 @@ def main() -> None:
   config = validate.complete_config(args.config)
   seeds = runner.numbers("seeds")
   start = time.time()
-  rows = [row for seed in seeds for row in seed_rows(config, args.workdir, seed)]
-  results = {"rows": [{k: v for k, v in r.items() if k not in ("examples", "run_dir")}
+  rows = [row for seed in seeds
+          for row in seed_rows(config, args.workdir, seed, keep_examples=seed == seeds[0])]
+  results = {"rows": [{k: v for k, v in r.items() if k != "examples"}
                       for r in rows], "seeds": seeds}
   example_row = next((r for r in rows if "examples" in r), None)
   if example_row is not None:
     source = data.get_source(config)
     bag_size = config.dataset.bag_size
-    index = np.arange(len(source.splits["train_bags"]["label"]))
-    picked = index[:: max(1, len(index) // 6)][:6]
+    picked = example_bags(len(source.splits["train_bags"]["label"]))
     scenes = source.scenes[source.bag_members()[picked].reshape(-1)]
     results["examples"] = {
         **example_row["examples"],

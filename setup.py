@@ -56,8 +56,9 @@ setuptools.setup(
         # compiler; Linux x86-64).
         "onednn": ONEDNN,
         # The tests cover the oneDNN convolutions, the translation pieces, MNIST, graphs and
-        # the face landmarks too.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "matplotlib>=3.8", *TEXT, *ONEDNN, *MNIST, *GRAPHS, *OPENCV],
+        # the face landmarks too; detection mAP is checked against pycocotools.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "matplotlib>=3.8", "pycocotools>=2.0.7",
+                 *TEXT, *ONEDNN, *MNIST, *GRAPHS, *OPENCV],
         # The 5,000 MNIST digits (`--config.dataset.name=mnist_5k`), read offline.
         "mnist": MNIST,
         # The karate club and the graph atlas (`karate_club`, `graph_atlas`).

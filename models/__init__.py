@@ -53,6 +53,7 @@ from models.resnet import ResNet18
 from models.resnet import ResNet18B
 from models.resnet import ResNet18C
 from models.resnet import ResNet18D
+from models.ssd import SSD
 from models.resnet import ResNet34
 from models.resnet import ResNet34B
 from models.resnet import ResNet34C
@@ -368,6 +369,27 @@ register_model("gaitset", ModelSpec(
     check_config=_gaitset_checks, check_for_data=_gaitset_data_checks))
 
 # ------------------------------------------------------------------------------------------
+# SSD: default boxes on a ResNet trunk's maps → class logits and box offsets.
+
+
+def _ssd_checks(kwargs) -> List[str]:
+  kwargs = {**_field_defaults(SSD), **kwargs}
+  stages = tuple(kwargs["source_stages"])
+  problems = []
+  if not stages or any(not isinstance(s, int) or not 1 <= s <= len(kwargs["stage_sizes"])
+                       for s in stages) or list(stages) != sorted(set(stages)):
+    problems.append(f"config.model.source_stages={stages!r} must be increasing trunk stages "
+                    f"in 1..{len(kwargs['stage_sizes'])}.")
+  ratios = tuple(kwargs["aspect_ratios"])
+  if not ratios or any(not isinstance(a, (int, float)) or a <= 0 for a in ratios):
+    problems.append(f"config.model.aspect_ratios={ratios!r} must be positive numbers.")
+  return problems + positive(kwargs, "extra_width", integer=True)
+
+
+register_model("ssd", spec_of_module(SSD, default_task=lambda kwargs: "detection",
+                                     input_key="image", check_config=_ssd_checks))
+
+# ------------------------------------------------------------------------------------------
 # Transformers.
 
 _TRANSFORMER_SIZES = ("d_model", "num_heads", "d_ff", "max_len")
@@ -492,6 +514,7 @@ __all__ = [
     'NeuralDecisionForest',
     'PatchTransformerClassifier',
     'RegionEncoder',
+    'SSD',
     'RegNet',
     'regnet',
     'register_model',

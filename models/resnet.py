@@ -59,6 +59,8 @@ class BasicBlock(nn.Module):
     drop_block: Factory of `DropBlock` layers, applied after every norm of
       the block (residual branch and projection shortcut) as in the DropBlock
       paper's ResNet; None for none.
+    inner_features: Channels between the two convs (default `features`); a
+      channel-pruned block has fewer.
   """
   features: int
   strides: int
@@ -67,6 +69,7 @@ class BasicBlock(nn.Module):
   conv: ModuleFactory
   norm: ModuleFactory
   drop_block: Optional[ModuleFactory] = None
+  inner_features: Optional[int] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, drop_rate: Any = 0.0) -> jnp.ndarray:
@@ -80,9 +83,9 @@ class BasicBlock(nn.Module):
       [batch, ceil(height / strides), ceil(width / strides), features].
     """
     drop = functools.partial(maybe_drop_block, self.drop_block, drop_rate)
-    residual = self.conv(self.features, 3, strides=self.strides,
-                         name='conv1')(x)
-    residual = nn.relu(self.norm(self.features, name='norm1')(residual))
+    inner = self.inner_features or self.features
+    residual = self.conv(inner, 3, strides=self.strides, name='conv1')(x)
+    residual = nn.relu(self.norm(inner, name='norm1')(residual))
     residual = drop(residual, 'drop1')
     residual = self.conv(self.features, 3, name='conv2')(residual)
     residual = self.norm(self.features, name='norm2',
@@ -188,6 +191,12 @@ class ResNet(ConvNetOptions):
     cosine_head: The classifier computes cos(x, w_k) between its input and each
       normalized class weight, without bias (the class-level form of the
       Circle loss, Sun et al. 2020), instead of x·W + b.
+    inner_widths: For basic blocks, the channels between each block's two
+      convs, one per block in order (stage 1 first); () keeps the stage
+      widths. A channel-pruned network is rebuilt with them.
+    features_only: Return the output of every stage (a tuple of [batch, h, w, c]
+      maps, stage 1 first) instead of logits; no pooling, feature layer or
+      classifier is built (a detector's trunk, as timm's `features_only`).
 
   The options shared with RegNet (width_multiplier, small_stem, zero_init_last, norm,
   axis_name, bn_momentum, bn_epsilon, kernel_init, drop_block_*, dtype, param_dtype,
@@ -199,6 +208,8 @@ class ResNet(ConvNetOptions):
   variant: str = 'D'
   feature_dim: int = 0
   cosine_head: bool = False
+  inner_widths: Sequence[int] = ()
+  features_only: bool = False
 
   def __post_init__(self):
     # Validate on construction so that a typo fails before any tracing.
@@ -207,6 +218,10 @@ class ResNet(ConvNetOptions):
     if not self.stage_sizes or any(n < 1 for n in self.stage_sizes):
       raise ValueError('stage_sizes must be a non-empty sequence of positive '
                        f'block counts, got {self.stage_sizes!r}.')
+    if self.inner_widths and (self.block != 'basic' or len(self.inner_widths) != sum(
+        self.stage_sizes) or any(w < 1 for w in self.inner_widths)):
+      raise ValueError(f'inner_widths={tuple(self.inner_widths)} must give one positive width '
+                       f'per basic block ({sum(self.stage_sizes)}).')
     if not isinstance(self.feature_dim, int) or self.feature_dim < 0:
       raise ValueError('feature_dim must be an integer >= 0 (0 = no feature '
                        f'layer), got {self.feature_dim!r}.')
@@ -259,6 +274,8 @@ class ResNet(ConvNetOptions):
       drop_block_rate = self.drop_block_rate
 
     # Stages.
+    stage_outputs = []
+    inner_widths = iter(self.inner_widths)
     for stage_index, num_blocks in enumerate(self.stage_sizes):
       features = width(_BASE_WIDTH * 2**stage_index)
       for block_index in range(num_blocks):
@@ -273,10 +290,14 @@ class ResNet(ConvNetOptions):
             drop_block=self.stage_drop_block(layers, stage_index),
             name=f'stage{stage_index + 1}_block{block_index + 1}')
         if self.block == 'basic':
-          x = BasicBlock(**common)(x, drop_block_rate)
+          x = BasicBlock(inner_features=next(inner_widths, None), **common)(
+              x, drop_block_rate)
         else:
           x = BottleneckBlock(stride_on_3x3=self.variant != 'v1',
                               **common)(x, drop_block_rate)
+      stage_outputs.append(x)
+    if self.features_only:
+      return tuple(stage_outputs)
 
     x = global_average_pool(x)
     features = None

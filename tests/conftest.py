@@ -78,6 +78,22 @@ def train_on_one_and_eight_devices(model, task, tx, batch, seed: int = 0):
           run_data_parallel(state, step_fn, batch, 8))
 
 
+def first_batch_model_and_sgd(config, learning_rate: float):
+  """``config``'s source, its first training batch on one device, its model (BatchNorm over
+  the ``'batch'`` axis) and SGD at ``learning_rate``: the inputs of
+  ``train_on_one_and_eight_devices``."""
+  import models
+  from bagtricks import data, optim
+  source = data.get_source(config)
+  batch = {k: v.reshape((-1,) + v.shape[2:])
+           for k, v in next(source.train_batches(0, 1)).items()}
+  model = models.create_model_from_config(config, source.info(), num_outputs=10,
+                                          axis_name="batch")
+  config.optimizer.name = "sgd"
+  tx = optim.build_optimizer(config, optim.warmup_cosine_schedule(learning_rate, 0, 10))
+  return source, batch, model, tx
+
+
 def assert_trees_close(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> None:
   """Every leaf of ``a`` is close to the same leaf of ``b``."""
   import jax

@@ -6,7 +6,8 @@ import sys
 from conftest import REPO
 
 PURE_JAX = ["models", "bagtricks.optim", "bagtricks.precision", "bagtricks.losses",
-            "bagtricks.augment", "bagtricks.som_memory",
+            "bagtricks.augment", "bagtricks.som_memory", "bagtricks.boxes",
+            "bagtricks.detection_eval", "bagtricks.pruning",
             "bagtricks.steps", "bagtricks.parallel", "bagtricks.state", "bagtricks.tasks",
             "bagtricks.hooks"]
 

@@ -524,7 +524,7 @@ def test_model_names_and_constructors():
   assert models.MODEL_NAMES[20] == 'regnetx_002'
   assert models.MODEL_NAMES[38:] == ('regnet', 'dndt', 'sdt', 'ndf', 'mlp', 'latent_truth',
                                      'gcn', 'gat', 'graphsage', 'ggnn', 'node_mlp',
-                                     'region_encoder', 'gaitset', 'transformer',
+                                     'region_encoder', 'gaitset', 'ssd', 'transformer',
                                      'transformer_base', 'transformer_tiny',
                                      'patch_transformer')
   assert models.MODEL_NAMES[:4] == ('resnet18', 'resnet18b', 'resnet18c',

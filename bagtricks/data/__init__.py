@@ -20,6 +20,9 @@ model input and ``DatasetInfo.element_spec`` one example per key.
                   rewired to disagree), networkx's graph atlas (``karate_club``,
                   ``digits_knn``, ``graph_atlas``).
   babi.py         GGNN's bAbI reasoning tasks as generated graphs (``babi``).
+  gait_sets.py    generated walkers' silhouettes as P×K sets of frames (``gait_walkers``).
+  web_digits.py   cluttered scenes with label noise, as bags of regions (``web_digits``).
+  detection_digits.py  canvases of digits with their boxes (``detection_digits``).
   sequences.py    synthetic sequence-to-sequence tasks from a seed (``seq_copy``,
                   ``seq_reverse``, ``seq_sort``, ``seq_add``).
   translation.py  any prepared TFDS translation dataset, length-bucketed
@@ -51,6 +54,7 @@ from bagtricks.data.bundled import (BUNDLED_SOURCES, LOCAL_SOURCES, REGRESSION_S
                                     TABULAR_SOURCES, TabularData, TabularSource, digits_arrays,
                                     load_tabular, local_dataset_arrays, mnist_5k_arrays,
                                     prepare_local_dataset, prepare_sklearn_digits)
+from bagtricks.data.detection_digits import DETECTION_SOURCES, DetectionDigitsSource
 from bagtricks.data.face_landmarks import FaceLandmarkSource
 from bagtricks.data.gait_sets import GAIT_SOURCES, GaitSource
 from bagtricks.data.graphs import GRAPH_SOURCES, pad_graphs
@@ -88,7 +92,8 @@ def source_names() -> Tuple[str, ...]:
 
 for _name, _factory in {**BUNDLED_SOURCES, **DIGIT_SET_SOURCES, **ANNOTATED_SOURCES,
                          **SEQUENCE_SOURCES, **GRAPH_SOURCES, **BABI_SOURCES,
-                         **GAIT_SOURCES, **WEB_SOURCES, "face_landmarks": FaceLandmarkSource,
+                         **GAIT_SOURCES, **WEB_SOURCES, **DETECTION_SOURCES,
+                         "face_landmarks": FaceLandmarkSource,
                          "faces_annotated": AnnotatedFacesSource}.items():
   register_source(_name, _factory)
 
@@ -172,7 +177,8 @@ __all__ = [
     "annotate", "confusion_matrix", "dawid_skene", "majority_vote", "ArrayEvalBatches",
     "ArraySource", "BOS_ID", "Batch", "ByteTokenizer", "DataError",
     "DatasetInfo", "DigitMosaicSource", "DigitsPKSource", "EOS_ID", "FaceLandmarkSource",
-    "GAIT_SOURCES", "GaitSource", "WEB_SOURCES", "WebDigitsSource",
+    "DETECTION_SOURCES", "DetectionDigitsSource", "GAIT_SOURCES", "GaitSource", "WEB_SOURCES",
+    "WebDigitsSource",
     "LOCAL_SOURCES", "PAD_ID",
     "PaddedEvalBatches",
     "REGRESSION_SOURCES", "SEQUENCE_SOURCES", "SOURCE_NAMES", "SentencePieceTokenizer",

@@ -15,6 +15,7 @@ import models
 from bagtricks import config_fields
 from bagtricks.tasks.base import EXAMPLES, IMAGES, TOKENS, Refit, Task, TaskBase, Throughput
 from bagtricks.tasks.classification import ClassificationTask, logits_of, prediction_heads
+from bagtricks.tasks.detection import DetectionTask
 from bagtricks.tasks.embedding import CenterLossTask, CircleLossTask
 from bagtricks.tasks.gait import GaitTask
 from bagtricks.tasks.graph import GRAPH_TARGETS, GraphTask
@@ -49,6 +50,7 @@ register_task("latent_truth")(LatentTruthTask)
 register_task("graph")(GraphTask)
 register_task("gait")(GaitTask)
 register_task("web_bags")(WebBagsTask)
+register_task("detection")(DetectionTask)
 
 
 def task_names() -> tuple:
@@ -123,8 +125,8 @@ def data_problems(config, dataset_info) -> List[str]:
 
 
 __all__ = ["TASK_FIELDS", "CenterLossTask", "CircleLossTask", "ClassificationTask",
-           "config_problems", "create_task", "data_problems", "EXAMPLES", "ForestTask",
-           "GaitTask", "get_task_class", "GRAPH_TARGETS", "GraphTask", "IMAGES",
-           "LATENT_TRUTH_METHODS", "LatentTruthTask", "logits_of", "MultiLabelTask", "prediction_heads", "Refit",
-           "register_task", "Seq2SeqTask", "SoftTreeTask", "Task", "TaskBase", "task_name",
-           "task_names", "Throughput", "TOKENS", "WebBagsTask"]
+           "config_problems", "create_task", "data_problems", "DetectionTask", "EXAMPLES",
+           "ForestTask", "GaitTask", "get_task_class", "GRAPH_TARGETS", "GraphTask", "IMAGES",
+           "LATENT_TRUTH_METHODS", "LatentTruthTask", "logits_of", "MultiLabelTask",
+           "prediction_heads", "Refit", "register_task", "Seq2SeqTask", "SoftTreeTask", "Task",
+           "TaskBase", "task_name", "task_names", "Throughput", "TOKENS", "WebBagsTask"]

@@ -6,33 +6,38 @@ share a web label into a bag and weights every ROI by the clusters a memory keep
 features seen so far. The memory has L slots on a g × g grid (SOM-style):
 
 * keys k_l ∈ R^D: cluster centres in feature space;
-* values v_l ∈ Δ^C: the class distribution of the bags each cluster has taken in;
-* wins n_{l,c}: how many bags of class c the slot has won (decayed by γ per update).
+* values v_l ∈ Δ^C: the class distribution (web labels) of the ROIs each cluster takes in.
 
-**Scores** of slot l for class c:
+**Scores** of slot l for class c, both read from its value:
 
-* discriminative score d_{l,c} = v_{l,c}: the cluster holds (mostly) class c, not others;
-* representative score r_{l,c} = n_{l,c} / max_{l'} n_{l',c}: the cluster is where class
-  c's bags most often land (0 for a class no slot has won yet).
+* representative score r_{l,c} = v_{l,c}: how much of the cluster comes from class c's
+  images (the cluster stands for class c);
+* discriminative score d_l = 1 − H(v_l) / log C: 1 for a cluster of one class, 0 for one
+  that every class shares alike (background).
 
 **ROI weights** (``roi_weights``): in a bag of web label c, ROI i with feature x_i goes to
-its nearest key l_i = argmin_l ‖x_i − k_l‖² and gets w_i = r_{l_i,c} · d_{l_i,c}; the weights
-are normalized in the bag, α_i = w_i / Σ_j w_j (uniform where every w is 0). The bag feature
-is z = Σ_i α_i x_i, from which the classifier learns the bag's label; α is not
-differentiated (a nearest-key lookup).
+its nearest key l_i = argmin_l ‖x_i − k_l‖² and gets w_i = r_{l_i,c} · d_{l_i}; the weights
+are normalized in the bag, α_i = w_i / Σ_j w_j. The bag feature is z = Σ_i α_i x_i, from
+which the classifier learns the bag's label; α is not differentiated (a nearest-key lookup).
 
-**Update** (``som_update``), one step per training batch from the bag features z_b and
-labels c_b of the whole global batch (B bags): each bag's winner l*_b = argmin_l ‖z_b −
-k_l‖², its neighbourhood on the grid h_{l,b} = exp(−‖g_l − g_{l*_b}‖² / 2σ²), and
+**Update** (``som_update``), one step per training batch from every ROI of the global batch
+with its bag's label c_i: ROI i's winner l*_i = argmin_l ‖x_i − k_l‖², its neighbourhood
+on the grid h_{l,i} = exp(−‖g_l − g_{l*_i}‖² / 2σ²), the slot's mass m_l = Σ_i h_{l,i}, and
 
-  k_l ← k_l + η Σ_b h_{l,b} (z_b − k_l) / B,
-  v_l ← v_l + η Σ_b h_{l,b} (e_{c_b} − v_l) / B,
-  n_{l,c} ← γ n_{l,c} + Σ_b [l = l*_b][c = c_b],
+  k_l ← k_l + η Σ_i h_{l,i} (x_i − k_l) / max(m_l, 1),
+  v_l ← v_l + η Σ_i h_{l,i} (e_{c_i} − v_l) / max(m_l, 1):
 
-the winner and its neighbours pulled towards the bag (Kohonen's rule, averaged over the
-batch), values kept distributions. With ``axis_name`` the sums run over every device
-(``lax.psum``), so every device holds the same memory. σ shrinks over training
-(``neighbourhood_width``): early updates order the whole grid, late ones refine single slots.
+Kohonen's rule, each slot pulled towards the mean of the ROIs that reach it, values kept
+distributions. With ``axis_name`` the sums run over every device (``lax.psum``), so every
+device holds the same memory. σ shrinks over training (``neighbourhood_width``): early
+updates order the whole grid, late ones refine single slots.
+
+The paper's own equations could not be checked against its text; three readings of it were
+measured on web digits (README, "Learning from web data") and differ from this one: the
+memory updated from the bag features z (keys become averages of unrelated regions while the
+weights are spread), from the ROIs weighted by α (the memory and the classifier reinforce
+whichever class the first weights favour), and an r-score from the slots' sizes (the encoder
+maps the background near one point, whose slot is the largest for every class).
 """
 
 from __future__ import annotations
@@ -47,19 +52,17 @@ SCORES = ("both", "representative", "discriminative")
 
 
 class Memory(NamedTuple):
-  """The memory's slots: ``keys [L, D]``, ``values [L, C]``, ``wins [L, C]``."""
+  """The memory's slots: ``keys [L, D]``, ``values [L, C]``."""
   keys: jnp.ndarray
   values: jnp.ndarray
-  wins: jnp.ndarray
 
 
 def init_memory(rng: jax.Array, grid: int, feature_dim: int, num_classes: int,
                 scale: float = 0.01) -> Memory:
-  """``grid``² slots: small random keys, uniform values, no wins."""
+  """``grid``² slots: small random keys, uniform values."""
   slots = grid * grid
   return Memory(keys=scale * jax.random.normal(rng, (slots, feature_dim), jnp.float32),
-                values=jnp.full((slots, num_classes), 1.0 / num_classes, jnp.float32),
-                wins=jnp.zeros((slots, num_classes), jnp.float32))
+                values=jnp.full((slots, num_classes), 1.0 / num_classes, jnp.float32))
 
 
 def grid_positions(slots: int) -> jnp.ndarray:
@@ -78,15 +81,15 @@ def nearest_slot(features: jnp.ndarray, keys: jnp.ndarray) -> jnp.ndarray:
 
 def slot_scores(memory: Memory, scores: str = "both") -> jnp.ndarray:
   """``[L, C]`` score of every slot for every class: r · d, r alone or d alone."""
-  discriminative = memory.values
-  most = jnp.max(memory.wins, axis=0, keepdims=True)
-  representative = jnp.where(most > 0, memory.wins / jnp.maximum(most, 1e-12), 0.0)
+  values = memory.values
+  entropy = -jnp.sum(values * jnp.log(jnp.maximum(values, 1e-12)), axis=1, keepdims=True)
+  discriminative = jnp.clip(1.0 - entropy / jnp.log(values.shape[1]), 0.0, 1.0)
   if scores == "representative":
-    return representative
+    return values
   if scores == "discriminative":
-    return discriminative
+    return jnp.broadcast_to(discriminative, values.shape)
   if scores == "both":
-    return representative * discriminative
+    return values * discriminative
   raise ValueError(f"scores={scores!r} is unknown; use one of {SCORES}.")
 
 
@@ -112,38 +115,37 @@ def roi_weights(features: jnp.ndarray, labels: jnp.ndarray, memory: Memory,
   return jnp.where(total > 0, w / jnp.maximum(total, 1e-12), uniform)
 
 
-def som_update(memory: Memory, bag_features: jnp.ndarray, labels: jnp.ndarray,
-               learning_rate: float, width: jnp.ndarray, win_decay: float = 0.99,
+def som_update(memory: Memory, features: jnp.ndarray, labels: jnp.ndarray,
+               learning_rate: float, width: jnp.ndarray,
                axis_name: Optional[str] = None) -> Memory:
-  """One SOM step of the memory from a batch of bag features (module docstring).
+  """One SOM step of the memory from every ROI of a batch of bags (module docstring).
 
   Args:
     memory: the memory before the step.
-    bag_features: ``[B, D]`` (this device's bags).
-    labels: ``[B]``.
+    features: ROI features ``[B, N, D]`` (this device's bags).
+    labels: the bags' labels ``[B]``.
     learning_rate: η.
     width: σ, the neighbourhood's width in grid cells.
-    win_decay: γ.
     axis_name: the data-parallel axis whose devices' bags are summed; None for one device.
 
   Returns:
     The memory after the step, identical on every device.
   """
-  z = lax.stop_gradient(bag_features).astype(jnp.float32)
-  num_classes = memory.values.shape[1]
-  winners = nearest_slot(z, memory.keys)  # [B]
+  bags, rois = features.shape[:2]
+  x = lax.stop_gradient(features).astype(jnp.float32).reshape(bags * rois, -1)
+  onehot = jax.nn.one_hot(jnp.repeat(labels, rois), memory.values.shape[1],
+                          dtype=jnp.float32)  # [B·N, C]
+  winners = nearest_slot(x, memory.keys)  # [B·N]
   grid = grid_positions(memory.keys.shape[0])
-  squared = jnp.sum(jnp.square(grid[:, None, :] - grid[winners][None]), -1)  # [L, B]
+  squared = jnp.sum(jnp.square(grid[:, None, :] - grid[winners][None]), -1)  # [L, B·N]
   h = jnp.exp(-squared / (2.0 * jnp.square(width)))
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # [B, C]
-  sums = (h @ z, h @ onehot, jnp.sum(h, axis=1), jax.nn.one_hot(winners, len(grid)).T @ onehot,
-          jnp.asarray(z.shape[0], jnp.float32))
+  sums = (h @ x, h @ onehot, jnp.sum(h, axis=1))
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
-  hz, hy, h_total, won, bags = sums
-  keys = memory.keys + learning_rate * (hz - h_total[:, None] * memory.keys) / bags
-  values = memory.values + learning_rate * (hy - h_total[:, None] * memory.values) / bags
-  return Memory(keys=keys, values=values, wins=win_decay * memory.wins + won)
+  hx, hy, mass = sums
+  rate = learning_rate / jnp.maximum(mass, 1.0)[:, None]
+  return Memory(keys=memory.keys + rate * (hx - mass[:, None] * memory.keys),
+                values=memory.values + rate * (hy - mass[:, None] * memory.values))
 
 
 def neighbourhood_width(step: jnp.ndarray, total_steps: int, start: float,

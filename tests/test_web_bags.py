@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models
-from bagtricks import data, optim, som_memory, train
+from bagtricks import data, som_memory, train
 from bagtricks.data import web_digits
 from bagtricks.tasks import WebBagsTask
-from conftest import assert_trees_close, train_on_one_and_eight_devices
+from conftest import (assert_trees_close, first_batch_model_and_sgd,
+                      train_on_one_and_eight_devices)
 from configs import web_memory
 
 
@@ -85,48 +85,56 @@ def test_source_batches_bags_of_one_label():
   assert test["regions"].shape[1:] == (1, 1, 16, 16, 1) and not test["noisy"].any()
 
 
-def _numpy_som_update(keys, values, wins, z, labels, rate, width, decay):
-  """Kohonen's rule averaged over the batch, bag by bag and slot by slot."""
+def _numpy_som_update(keys, values, features, labels, rate, width):
+  """Kohonen's rule, ROI by ROI and slot by slot: each slot moves towards the mean of the
+  ROIs that reach it."""
   slots, classes = values.shape
   grid = int(round(slots ** 0.5))
-  new_keys, new_values = keys.copy(), values.copy()
-  new_wins = decay * wins
-  for b in range(len(z)):
-    winner = int(np.argmin([np.sum((z[b] - k) ** 2) for k in keys]))
-    new_wins[winner, labels[b]] += 1
-    for l in range(slots):
-      d2 = (l // grid - winner // grid) ** 2 + (l % grid - winner % grid) ** 2
-      h = np.exp(-d2 / (2 * width ** 2))
-      new_keys[l] += rate * h * (z[b] - keys[l]) / len(z)
-      new_values[l] += rate * h * (np.eye(classes)[labels[b]] - values[l]) / len(z)
-  return new_keys, new_values, new_wins
+  pull_keys, pull_values = np.zeros_like(keys), np.zeros_like(values)
+  mass = np.zeros(slots)
+  for b in range(features.shape[0]):
+    for x in features[b]:
+      winner = int(np.argmin([np.sum((x - k) ** 2) for k in keys]))
+      for l in range(slots):
+        d2 = (l // grid - winner // grid) ** 2 + (l % grid - winner % grid) ** 2
+        h = np.exp(-d2 / (2 * width ** 2))
+        mass[l] += h
+        pull_keys[l] += h * (x - keys[l])
+        pull_values[l] += h * (np.eye(classes)[labels[b]] - values[l])
+  scale = rate / np.maximum(mass, 1.0)[:, None]
+  return keys + scale * pull_keys, values + scale * pull_values
 
 
 def test_memory_update_and_weights_against_numpy():
   rng = np.random.default_rng(0)
   keys = rng.normal(size=(9, 2))
   values = rng.dirichlet(np.ones(3), size=9)
-  wins = rng.integers(0, 4, (9, 3)).astype(float)
-  z = rng.normal(size=(5, 2))
-  labels = np.array([0, 2, 2, 1, 0])
-  memory = som_memory.Memory(*(jnp.asarray(a, jnp.float32) for a in (keys, values, wins)))
-  got = som_memory.som_update(memory, jnp.asarray(z, jnp.float32), jnp.asarray(labels), 0.5,
-                              jnp.float32(1.3), 0.9)
-  for g, e in zip(got, _numpy_som_update(keys, values, wins, z, labels, 0.5, 1.3, 0.9)):
+  rois = rng.normal(size=(3, 4, 2))  # 3 bags of 4 ROIs.
+  labels = np.array([0, 2, 2])
+  memory = som_memory.Memory(*(jnp.asarray(a, jnp.float32) for a in (keys, values)))
+  got = som_memory.som_update(memory, jnp.asarray(rois, jnp.float32), jnp.asarray(labels),
+                              0.5, jnp.float32(1.3))
+  for g, e in zip(got, _numpy_som_update(keys, values, rois, labels, 0.5, 1.3)):
     np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.sum(got.values, axis=1), 1.0, rtol=1e-6)
-  # Weights by hand: slot scores r·d for class 2, each region's nearest key.
+  # Weights by hand: r = v_{l,2} times d = 1 − entropy / log 3 of each ROI's nearest key.
   features = rng.normal(size=(1, 4, 2))
   nearest = [int(np.argmin(np.sum((keys - f) ** 2, axis=1))) for f in features[0]]
-  r = wins[:, 2] / wins[:, 2].max()
-  w = np.array([r[l] * values[l, 2] for l in nearest])
+  d = 1 + np.sum(values * np.log(values), axis=1) / np.log(3)
+  w = np.array([values[l, 2] * d[l] for l in nearest])
   alpha = som_memory.roi_weights(jnp.asarray(features, jnp.float32), jnp.array([2]), memory)
   np.testing.assert_allclose(alpha[0], w / w.sum(), rtol=1e-5)
-  only_d = som_memory.roi_weights(jnp.asarray(features, jnp.float32), jnp.array([2]), memory,
-                                  "discriminative")
-  d = np.array([values[l, 2] for l in nearest])
-  np.testing.assert_allclose(only_d[0], d / d.sum(), rtol=1e-5)
-  empty = memory._replace(wins=jnp.zeros_like(memory.wins))
+  for scores, expected in (("discriminative", d[nearest]),
+                           ("representative", values[nearest, 2])):
+    only = som_memory.roi_weights(jnp.asarray(features, jnp.float32), jnp.array([2]), memory,
+                                  scores)
+    np.testing.assert_allclose(only[0], expected / expected.sum(), rtol=1e-5)
+  # A one-class slot scores d near 1, a slot every class shares alike d = 0.
+  sharp = memory._replace(values=jnp.asarray(np.eye(3)[np.arange(9) % 3] * 0.97 + 0.01,
+                                             jnp.float32).at[4].set(1 / 3))
+  d_sharp = som_memory.slot_scores(sharp, "discriminative")[:, 0]
+  assert float(d_sharp[4]) == pytest.approx(0.0, abs=1e-6) and float(d_sharp[0]) > 0.75
+  empty = memory._replace(values=jnp.full_like(memory.values, 1 / 3))  # A fresh memory.
   np.testing.assert_allclose(som_memory.roi_weights(jnp.asarray(features, jnp.float32),
                                                     jnp.array([2]), empty)[0], 0.25)
   assert float(som_memory.neighbourhood_width(jnp.float32(10), 10, 4.0, 0.5)) == pytest.approx(0.5)
@@ -134,14 +142,7 @@ def test_memory_update_and_weights_against_numpy():
 
 @pytest.mark.slow
 def test_memory_and_model_on_eight_devices_equal_one():
-  config = tiny_web_config()
-  source = data.get_source(config)
-  batch = {k: v.reshape((-1,) + v.shape[2:])
-           for k, v in next(source.train_batches(0, 1)).items()}
-  model = models.create_model_from_config(config, source.info(), num_outputs=10,
-                                          axis_name="batch")
-  config.optimizer.name = "sgd"
-  tx = optim.build_optimizer(config, optim.warmup_cosine_schedule(0.1, 0, 10))
+  _, batch, model, tx = first_batch_model_and_sgd(tiny_web_config(), 0.1)
   task = WebBagsTask(10, 8, grid=3, total_steps=10)
   start, (one, m1), (eight, m8) = train_on_one_and_eight_devices(model, task, tx, batch)
   # Each device holds one bag; the memory's sums run over all of them.

@@ -5,17 +5,19 @@ Images crawled from the web by a class name carry two kinds of noise (Tu et al.,
 where the object is a small part of a cluttered scene. Made here from the bundled digits
 (``config.dataset.digits``: the 5,000 MNIST digits or scikit-learn's 8×8 ones, upscaled):
 
-* every training image is a ``canvas``×``canvas`` scene of clutter (strokes, blobs and
-  fragments of other digits) with, for a clean image, one digit of its web label scaled to
-  ``digit_size`` pixels and placed inside one region at random (background noise);
+* every training image is a ``canvas``×``canvas`` scene of clutter fainter than a digit's
+  strokes (line segments at 60–160 of 255, soft blobs, a dimmed corner of another digit)
+  with, for a clean image, one digit of its web label scaled to ``digit_size`` pixels and
+  placed inside one region at random (background noise);
 * a fraction ``noise_fraction`` of each class's images is label noise: half of them show a
   digit of another class instead, half no digit at all;
 * the **regions** (``REGION_SETS``) are a fixed set of crops every model sees: a 3×3 grid of
   half-canvas crops at a quarter-canvas stride, and the whole image, each resized to
   ``region_side`` pixels (by default ``canvas / 2``, the grid crops' own size);
   ``holds_digit`` marks the crops smaller than the image that contain the whole digit;
-* the **test** images are clean: one centred digit of the test digits per ``canvas / 2``
-  image, as a single region.
+* the **test** images are clean: one centred digit of the test digits, ``test_digit_size``
+  canvas pixels wide, in a crop of the region set's first region (a grid crop, or the whole
+  image), resized as the regions are, as a single region.
 
 ``web_label`` is the keyword's class (what training sees); ``true_label`` (−1: no digit),
 ``noisy`` and ``holds_digit`` are ground truth for the metrics only.
@@ -60,20 +62,20 @@ def _clutter(canvas: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> 
   """Draws strokes, blobs and fragments of digits from ``pool`` onto ``canvas`` (in place)."""
   side = canvas.shape[0]
   y, x = np.mgrid[:side, :side] + 0.5
-  for _ in range(rng.integers(2, 5)):  # Strokes: line segments 1-2 px wide.
+  for _ in range(rng.integers(1, 4)):  # Strokes: line segments 1-2 px wide.
     (y0, x0), (y1, x1) = rng.uniform(0, side, (2, 2))
     dy, dx = y1 - y0, x1 - x0
     t = np.clip(((y - y0) * dy + (x - x0) * dx) / max(dy * dy + dx * dx, 1e-9), 0, 1)
     near = np.hypot(y - y0 - t * dy, x - x0 - t * dx) < rng.uniform(0.5, 1.0)
-    canvas[near] = np.maximum(canvas[near], rng.uniform(100, 220))
+    canvas[near] = np.maximum(canvas[near], rng.uniform(60, 160))
   for _ in range(rng.integers(1, 3)):  # Blobs: soft discs.
     cy, cx, radius = *rng.uniform(0, side, 2), rng.uniform(2, side / 8)
-    blob = rng.uniform(80, 180) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * radius ** 2))
+    blob = rng.uniform(50, 120) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * radius ** 2))
     np.maximum(canvas, blob, out=canvas)
-  for _ in range(rng.integers(1, 3)):  # Fragments: a corner quarter of a random digit.
+  for _ in range(rng.integers(0, 2)):  # Fragments: a corner quarter of a random digit.
     digit = pool[rng.integers(len(pool))]
     size = int(rng.integers(side // 4, side // 3 + 1))
-    piece = resize(digit, 2 * size)
+    piece = rng.uniform(0.4, 0.7) * resize(digit, 2 * size)
     qr, qc = rng.integers(0, 2, 2) * size
     piece = piece[qr:qr + size, qc:qc + size]
     r, c = rng.integers(0, side - size + 1, 2)
@@ -166,6 +168,12 @@ def clean_digits(images: np.ndarray, side: int, digit_size: int) -> np.ndarray:
   return out
 
 
+def test_crop_side(regions: str, canvas: int) -> int:
+  """The side, in canvas pixels, of the crop a test image stands for: the region set's first
+  (smallest) region."""
+  return int(region_boxes(REGION_SETS[regions][:1], canvas)[0, 2])
+
+
 def _problems(dc, bags: int) -> list:
   problems = []
   for field in ("per_class", "canvas", "bag_size", "region_side", "test_digit_size"):
@@ -189,9 +197,12 @@ def _problems(dc, bags: int) -> list:
                     f"largest) with 4 <= smallest <= largest <= canvas / 2 = {dc.canvas // 2} "
                     "(a digit fits in a grid crop).")
   side = dc.region_side or dc.canvas // 2
-  if side > dc.canvas or dc.test_digit_size > side:
-    problems.append(f"config.dataset.region_side={side} must be at most canvas={dc.canvas}, "
-                    f"and test_digit_size={dc.test_digit_size} at most region_side.")
+  if dc.regions in REGION_SETS:
+    crop = test_crop_side(dc.regions, dc.canvas)
+    if side > dc.canvas or dc.test_digit_size > crop:
+      problems.append(f"config.dataset.region_side={side} must be at most canvas={dc.canvas}, "
+                      f"and test_digit_size={dc.test_digit_size} at most the {crop}-px crop "
+                      "a test image stands for.")
   if dc.bag_size > dc.per_class:
     problems.append(f"config.dataset.bag_size={dc.bag_size} is more than the "
                     f"{dc.per_class} images of a web label (per_class); lower it.")
@@ -236,7 +247,10 @@ class WebDigitsSource(ArraySource):
              "noisy": scenes["noisy"], "holds_digit": scenes["holds_digit"]}
     self.scenes = scenes["scene"]
     test_images, test_labels = digits["test"]
-    test = {"regions": clean_digits(test_images, self.region_side, dc.test_digit_size)[
+    # The test digit is test_digit_size canvas pixels, resized as the regions are.
+    digit_side = round(dc.test_digit_size * self.region_side / test_crop_side(dc.regions,
+                                                                               dc.canvas))
+    test = {"regions": clean_digits(test_images, self.region_side, digit_side)[
         :, None, None], "label": test_labels.astype(np.int32)}
     test.update(true_label=test["label"][:, None], noisy=np.zeros((len(test_labels), 1), bool),
                 holds_digit=np.zeros((len(test_labels), 1, 1), bool))

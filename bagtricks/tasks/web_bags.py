@@ -9,7 +9,7 @@ prediction:
   nearest memory slot for the bag's label (``som_memory.roi_weights``), the bag's logits are
   Σ_i α_i · logits_i (= the head applied to the bag feature Σ_i α_i x_i, the head being
   linear), trained by cross-entropy with the web label; then the memory takes one SOM step
-  from the bag features of the global batch (``som_memory.som_update``). The first
+  from every ROI of the global batch (``som_memory.som_update``). The first
   ``warmup_epochs`` weigh the regions uniformly while the memory learns. ``scores`` drops
   one of the two scores (the ablation);
 * ``'mean'``: multi-instance learning with the regions averaged, no memory;
@@ -44,7 +44,6 @@ class WebBagsTask(TaskBase):
     scores: which memory scores weigh the regions (``som_memory.SCORES``).
     grid: the memory is ``grid`` × ``grid`` slots.
     learning_rate: η of the SOM step.
-    win_decay: γ of the slots' win counts.
     width: (σ at the start, σ at the end) of the neighbourhood, in grid cells.
     warmup_steps: steps with uniform weights before the memory weighs the regions.
     total_steps: the run's steps (σ's schedule).
@@ -53,13 +52,11 @@ class WebBagsTask(TaskBase):
   progress_metrics = {"bag_accuracy": "acc", "weight_on_digit": "on_digit"}
   config_defaults = {"web_bags.pooling": "memory", "web_bags.scores": "both",
                      "web_bags.grid": 8, "web_bags.learning_rate": 0.5,
-                     "web_bags.win_decay": 0.99, "web_bags.width": (4.0, 0.5),
-                     "web_bags.warmup_epochs": 2.0}
+                     "web_bags.width": (4.0, 0.5), "web_bags.warmup_epochs": 2.0}
 
   def __init__(self, num_classes: int, feature_dim: int, pooling: str = "memory",
                scores: str = "both", grid: int = 8, learning_rate: float = 0.5,
-               win_decay: float = 0.99, width=(4.0, 0.5), warmup_steps: int = 0,
-               total_steps: int = 1):
+               width=(4.0, 0.5), warmup_steps: int = 0, total_steps: int = 1):
     self.input_keys = ("regions",)
     self.num_classes = self.num_outputs = num_classes
     self.feature_dim = feature_dim
@@ -67,7 +64,6 @@ class WebBagsTask(TaskBase):
     self.scores = scores
     self.grid = grid
     self.learning_rate = learning_rate
-    self.win_decay = win_decay
     self.width = tuple(width)
     self.warmup_steps = warmup_steps
     self.total_steps = total_steps
@@ -77,7 +73,7 @@ class WebBagsTask(TaskBase):
     c = config.web_bags
     steps = dataset_info.steps_per_epoch
     return cls(dataset_info.num_classes, config.model.backbone.feature_dim, c.pooling,
-               c.scores, c.grid, c.learning_rate, c.win_decay, tuple(c.width),
+               c.scores, c.grid, c.learning_rate, tuple(c.width),
                int(round(c.warmup_epochs * steps)), int(round(config.num_epochs * steps)))
 
   @classmethod
@@ -148,9 +144,8 @@ class WebBagsTask(TaskBase):
     if self.pooling == "memory":
       width = som_memory.neighbourhood_width(task_state["step"], self.total_steps, *self.width)
       memory = som_memory.som_update(
-          som_memory.Memory(**task_state["memory"]),
-          jnp.einsum("bn,bnd->bd", alpha, features), labels, self.learning_rate, width,
-          self.win_decay, axis_name)
+          som_memory.Memory(**task_state["memory"]), features, labels, self.learning_rate, width,
+          axis_name)
       state["memory"] = memory._asdict()
     holds = batch["holds_digit"].reshape(bags, -1).astype(jnp.float32)
     metrics = {"bag_accuracy": jnp.mean(jnp.argmax(bag_logits, -1) == labels),

@@ -94,6 +94,19 @@ def first_batch_model_and_sgd(config, learning_rate: float):
   return source, batch, model, tx
 
 
+def assert_field_named_before_training(config, field: str, value, message: str,
+                                       workdir) -> None:
+  """With ``config.<field> = value``, the run stops with a ValueError matching ``message``
+  and writes nothing to ``workdir``."""
+  import pytest
+  from bagtricks import train
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
 def assert_trees_close(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> None:
   """Every leaf of ``a`` is close to the same leaf of ``b``."""
   import jax

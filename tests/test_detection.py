@@ -8,8 +8,8 @@ from bagtricks import boxes, data, train
 from bagtricks.data import detection_digits
 from bagtricks.tasks import DetectionTask
 from bagtricks.tasks.detection import image_loss_sums
-from conftest import (assert_trees_close, first_batch_model_and_sgd,
-                      train_on_one_and_eight_devices)
+from conftest import (assert_field_named_before_training, assert_trees_close,
+                      first_batch_model_and_sgd, train_on_one_and_eight_devices)
 from configs import ssd_digits
 
 
@@ -143,9 +143,4 @@ def test_training_reports_map(tmp_path):
     ("model.source_stages", (3, 5), r"config.model.source_stages=\(3, 5\) must be"),
 ])
 def test_bad_fields_are_named_before_anything_compiles(tmp_path, field, value, message):
-  config = tiny_detection_config()
-  section, name = field.split(".")
-  config[section][name] = value
-  with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert not (tmp_path / "run").exists()
+  assert_field_named_before_training(tiny_detection_config(), field, value, message, tmp_path / "run")

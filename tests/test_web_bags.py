@@ -7,8 +7,8 @@ import pytest
 from bagtricks import data, som_memory, train
 from bagtricks.data import web_digits
 from bagtricks.tasks import WebBagsTask
-from conftest import (assert_trees_close, first_batch_model_and_sgd,
-                      train_on_one_and_eight_devices)
+from conftest import (assert_field_named_before_training, assert_trees_close,
+                      first_batch_model_and_sgd, train_on_one_and_eight_devices)
 from configs import web_memory
 
 
@@ -162,12 +162,7 @@ def test_memory_and_model_on_eight_devices_equal_one():
      "whole images: set config.dataset.regions='whole'"),
 ])
 def test_bad_fields_are_named_before_anything_compiles(tmp_path, field, value, message):
-  config = tiny_web_config()
-  section, name = field.split(".")
-  config[section][name] = value
-  with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert not (tmp_path / "run").exists()
+  assert_field_named_before_training(tiny_web_config(), field, value, message, tmp_path / "run")
 
 
 @pytest.mark.parametrize("pooling", ["memory", pytest.param("whole_image",

@@ -50,14 +50,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
   return np.asarray(keep, np.int64)
 
 
-def _match_image(det_boxes, gt_boxes, threshold: float) -> np.ndarray:
-  """Which of one image's detections (sorted by descending score) are true positives."""
-  hit = np.zeros(len(det_boxes), bool)
-  if not len(det_boxes) or not len(gt_boxes):
-    return hit
-  iou = iou_matrix(det_boxes, gt_boxes)
-  taken = np.zeros(len(gt_boxes), bool)
-  for d in range(len(det_boxes)):
+def _match_image(iou: np.ndarray, threshold: float) -> np.ndarray:
+  """Which of one image's detections are true positives, given their IoU with its ground
+  truth ``[detections sorted by descending score, ground truths]``."""
+  hit = np.zeros(iou.shape[0], bool)
+  taken = np.zeros(iou.shape[1], bool)
+  for d in range(iou.shape[0] if iou.shape[1] else 0):
     candidates = np.where(taken | (iou[d] < threshold), -1.0, iou[d])
     g = len(candidates) - 1 - int(np.argmax(candidates[::-1]))  # The last of equal IoUs.
     if candidates[g] >= 0:
@@ -97,20 +95,20 @@ def coco_map(detections: Sequence[Dict[str, np.ndarray]],
   Returns:
     ``{t: mAP}`` (NaN where no class has ground truth).
   """
-  result = {}
-  for t in thresholds:
-    per_class = []
-    for c in range(num_classes):
-      scores, hits, num_gt = [], [], 0
-      for det, gt in zip(detections, ground_truth):
-        mine = np.flatnonzero(det["classes"] == c)
-        mine = mine[np.argsort(-det["scores"][mine], kind="mergesort")][:max_detections]
-        truth = gt["boxes"][gt["classes"] == c]
-        num_gt += len(truth)
-        scores.append(det["scores"][mine])
-        hits.append(_match_image(det["boxes"][mine], truth, t))
-      if num_gt:
-        per_class.append(average_precision(np.concatenate(scores), np.concatenate(hits),
-                                           num_gt))
-    result[float(t)] = float(np.mean(per_class)) if per_class else float("nan")
-  return result
+  per_class = {float(t): [] for t in thresholds}
+  for c in range(num_classes):
+    # Per image: its best detections of class c, their scores and IoU with its truth, once.
+    scores, ious, num_gt = [], [], 0
+    for det, gt in zip(detections, ground_truth):
+      mine = np.flatnonzero(det["classes"] == c)
+      mine = mine[np.argsort(-det["scores"][mine], kind="mergesort")][:max_detections]
+      truth = gt["boxes"][gt["classes"] == c]
+      num_gt += len(truth)
+      scores.append(det["scores"][mine])
+      ious.append(iou_matrix(det["boxes"][mine], truth))
+    if not num_gt:
+      continue
+    for t in per_class:
+      hits = np.concatenate([_match_image(iou, t) for iou in ious])
+      per_class[t].append(average_precision(np.concatenate(scores), hits, num_gt))
+  return {t: float(np.mean(aps)) if aps else float("nan") for t, aps in per_class.items()}

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bagtricks import boxes, data, train
+from bagtricks import boxes, data, detection_eval, train
 from bagtricks.data import detection_digits
 from bagtricks.tasks import DetectionTask
 from bagtricks.tasks.detection import image_loss_sums
@@ -68,8 +68,7 @@ def test_source_splits_are_fixed():
 
 def _numpy_loss_sums(logits, offsets, anchors, gt, classes, valid, threshold, ratio):
   """SSD's sums by loops: matching, cross-entropy, hard negatives, smooth L1."""
-  iou = np.array([[0.0 if not v else float(boxes.pairwise_iou(a[None], g[None])[0, 0])
-                   for g, v in zip(gt, valid)] for a in anchors])
+  iou = detection_eval.iou_matrix(anchors, gt)
   iou[:, ~valid] = -1
   index = iou.argmax(1)
   positive = iou.max(1) >= threshold
@@ -82,7 +81,11 @@ def _numpy_loss_sums(logits, offsets, anchors, gt, classes, valid, threshold, ra
   order = [i for i in np.argsort(log_probs[:, 0]) if not positive[i]]  # Hardest first.
   negatives = order[:int(ratio * positive.sum())]
   classification = ce[positive].sum() + ce[negatives].sum()
-  targets = np.asarray(boxes.encode(jnp.asarray(gt[index]), jnp.asarray(anchors)))
+  g, a = gt[index], anchors  # Eq. 2 with variances 0.1 and 0.2.
+  centre = lambda b: (b[:, :2] + b[:, 2:]) / 2
+  size = lambda b: b[:, 2:] - b[:, :2]
+  targets = np.concatenate([(centre(g) - centre(a)) / (0.1 * size(a)),
+                            np.log(size(g) / size(a)) / 0.2], axis=1)
   diff = np.abs(offsets - targets)
   l1 = np.where(diff < 1, 0.5 * diff ** 2, diff - 0.5)
   return classification, l1[positive].sum(), positive.sum()

@@ -182,3 +182,61 @@ def hard_negatives(background_loss: jnp.ndarray, positive: jnp.ndarray,
   rank = jnp.argsort(jnp.argsort(-loss))  # 0 for the hardest negative.
   limit = jnp.minimum(ratio * jnp.sum(positive), jnp.sum(~positive))
   return (rank < limit) & ~positive
+
+
+def enclosing(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  """``[..., 4]`` the smallest box holding both ``a`` and ``b`` (same shape)."""
+  return jnp.concatenate([jnp.minimum(a[..., :2], b[..., :2]),
+                          jnp.maximum(a[..., 2:], b[..., 2:])], axis=-1)
+
+
+def paired_giou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  """``[...]`` generalized IoU of each box of ``a`` with the box of ``b`` at the same place.
+
+  GIoU(A, B) = IoU(A, B) − |E \\ (A ∪ B)| / |E|, E the smallest box enclosing A and B
+  (Rezatofighi et al. 2019, Algorithm 1): in [−1, 1], 1 only for A = B, and still graded
+  (not flat at 0) for boxes that do not overlap, so 1 − GIoU is a box-regression loss.
+  """
+  low = jnp.maximum(a[..., :2], b[..., :2])
+  high = jnp.minimum(a[..., 2:], b[..., 2:])
+  inter = jnp.prod(jnp.clip(high - low, 0.0), axis=-1)
+  union = area(a) + area(b) - inter
+  hull = area(enclosing(a, b))
+  iou = inter / jnp.maximum(union, 1e-9)
+  return iou - (hull - union) / jnp.maximum(hull, 1e-9)
+
+
+def roi_align(feature_map: jnp.ndarray, rois: jnp.ndarray, bins: int) -> jnp.ndarray:
+  """RoIAlign (He et al. 2017, Mask R-CNN §3): each box cut into ``bins`` × ``bins`` cells,
+  each cell the feature map bilinearly interpolated at the cell's centre (one sample per
+  cell), with no rounding of the box to the map's grid.
+
+  A map of side H × W covers the image; its pixel (i, j) sits at image fraction
+  ((j + ½)/W, (i + ½)/H), so the box's continuous coordinates map to x·W − ½ (samples
+  outside the map take its border's value).
+
+  Args:
+    feature_map: ``[H, W, C]``.
+    rois: ``[K, 4]`` corner boxes in image fractions.
+    bins: cells per side.
+
+  Returns:
+    ``[K, bins, bins, C]``.
+  """
+  height, width = feature_map.shape[:2]
+  steps = (jnp.arange(bins, dtype=jnp.float32) + 0.5) / bins  # Cell centres in the box.
+  x = rois[:, None, 0] + steps[None] * (rois[:, None, 2] - rois[:, None, 0])  # [K, bins]
+  y = rois[:, None, 1] + steps[None] * (rois[:, None, 3] - rois[:, None, 1])
+  x = jnp.clip(x * width - 0.5, 0.0, width - 1.0)
+  y = jnp.clip(y * height - 0.5, 0.0, height - 1.0)
+  x0, y0 = jnp.floor(x), jnp.floor(y)
+  fx, fy = x - x0, y - y0
+  x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+  x1, y1 = jnp.minimum(x0 + 1, width - 1), jnp.minimum(y0 + 1, height - 1)
+
+  def at(yi, xi):  # [K, bins] rows × [K, bins] columns → [K, bins, bins, C]
+    return feature_map[yi[:, :, None], xi[:, None, :]]
+
+  wy, wx = fy[:, :, None, None], fx[:, None, :, None]
+  return ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1)) +
+          wy * ((1 - wx) * at(y1, x0) + wx * at(y1, x1)))

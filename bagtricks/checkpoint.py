@@ -20,7 +20,6 @@ is removed and the last finished one stays the latest.
 
 from __future__ import annotations
 
-import shutil
 import zlib
 from typing import Any, List, Optional
 
@@ -355,6 +354,19 @@ class Checkpointer:
         f"A checkpoint could not be written to {self.directory} ({_one_line(error)}); "
         f"{kept}. Free space or make the directory writable, then run the same command "
         "again to resume.")
+
+
+def write_weights(variables: Any, directory: str) -> None:
+  """Writes ``{'params', 'batch_stats'}`` as step 0 of a checkpoint in ``directory`` (local or
+  ``gs://``), replacing what is there: the form ``config.init_from`` reads (converted or
+  pruned weights)."""
+  paths.remove_tree(directory)
+  checkpointer = Checkpointer(directory)
+  state = {"step": np.asarray(0, np.int32), "params": variables["params"],
+           "batch_stats": variables.get("batch_stats", {})}
+  checkpointer.save(0, state, force=True)
+  checkpointer.wait()
+  checkpointer.close()
 
 
 def _checkpoint_problems(config) -> List[str]:

@@ -10,7 +10,8 @@ those of the smaller network.
 Which channels a block keeps is a ranking:
 
 * ``l1_ranking``: Li et al. 2017, the sum of the absolute weights of each of conv1's filters,
-  s_j = Σ |F_j|; the largest are kept.
+  s_j = Σ |F_j|; the largest are kept (``l1_selection`` for every block);
+* DCP's and LCP's greedy choice by auxiliary losses: ``bagtricks.channel_selection``.
 """
 
 from __future__ import annotations
@@ -30,10 +31,21 @@ def block_names(trunk_params) -> Tuple[str, ...]:
   return tuple(name for _, name in sorted(found))
 
 
-def block_problems(names: Sequence[str], trunk_params) -> List[str]:
-  """One line per name that is not a prunable block of the trunk."""
-  known = block_names(trunk_params)
-  return [f"layer {name!r} is not a prunable block; the trunk's are {known}."
+def blocks_of(stage_sizes: Sequence[int]) -> Tuple[str, ...]:
+  """The basic blocks a ResNet with ``stage_sizes`` builds, in network order (known from its
+  config alone, before anything is built)."""
+  return tuple(f"stage{s}_block{b}" for s, count in enumerate(stage_sizes, start=1)
+               for b in range(1, count + 1))
+
+
+def stage_of(block: str) -> int:
+  """The stage (1-based) of a ``stage{s}_block{b}`` name."""
+  return int(BLOCK_NAME.match(block).group(1))
+
+
+def block_problems(names: Sequence[str], known: Sequence[str], field: str = "layer") -> List[str]:
+  """One line per name that is not one of the ``known`` prunable blocks."""
+  return [f"{field} {name!r} is not a prunable block; the trunk's are {tuple(known)}."
           for name in names if name not in known]
 
 
@@ -81,3 +93,27 @@ def prune_block(params, batch_stats, block: str, keep: np.ndarray) -> Tuple[Dict
   s = dict(batch_stats[block])
   s["norm1"] = {k: np.asarray(v)[keep] for k, v in s["norm1"].items()}
   return {**params, block: p}, {**batch_stats, block: s}
+
+
+def l1_selection(trunk_params, fraction: float,
+                 layers: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+  """``{block: kept indices}``: every block of ``layers`` (default all) keeps its
+  ``kept_channels`` filters of largest L1 norm (``l1_ranking``)."""
+  kept = {}
+  for block in layers or block_names(trunk_params):
+    scores = l1_ranking(trunk_params, block)
+    kept[block] = top_channels(scores, kept_channels(len(scores), fraction))
+  return kept
+
+
+def prune_trunk(params, batch_stats,
+                kept: Dict[str, np.ndarray]) -> Tuple[Dict, Dict, Tuple[int, ...]]:
+  """``prune_block`` for every block of ``kept``.
+
+  Returns:
+    ``(params, batch_stats, inner_widths)``: the rebuilt trunk's collections and the widths
+    its module needs (``ResNet.inner_widths``).
+  """
+  for block, keep in kept.items():
+    params, batch_stats = prune_block(params, batch_stats, block, keep)
+  return params, batch_stats, inner_widths(params)

@@ -1,6 +1,6 @@
 """A small SSD (Liu et al. 2016) on canvases of digits to detect.
 
-``detection_digits``: 4,000 training and 500 test canvases of 64×64 with 1–4 MNIST digits
+``detection_digits``: 16,000 training and 500 test canvases of 64×64 with 1–4 MNIST digits
 each, 16–32 px frames (their ink boxes 6–25 px), overlapping by at most 0.2 IoU. The
 detector (``ssd``): a ResNet-18-D trunk at width 1/4, its four stages (16², 8², 4², 2²) and
 one extra 1×1 map as feature maps, 4 default boxes per cell (ratios 1, 2, ½ and the extra
@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.objects = (1, 4)
   config.dataset.digit_size = (16, 32)
   config.dataset.max_overlap = 0.2
-  config.dataset.num_train = 4000
+  config.dataset.num_train = 16000
   config.dataset.num_test = 500
   config.dataset.generator_seed = 0
   config.model = ml_collections.ConfigDict()

@@ -27,6 +27,18 @@ def geometry(model_kwargs) -> dict:
   return {name: model_kwargs.get(name, getattr(SSD, name)) for name in GEOMETRY}
 
 
+def trunk_of(model: "SSD", **overrides) -> ResNet:
+  """The detector's ResNet trunk (``features_only``: every stage's map), as ``model`` builds
+  it under the name ``'trunk'``; ``overrides`` replace its fields (e.g. ``inner_widths``)."""
+  fields = dict(stage_sizes=tuple(model.stage_sizes), block="basic", num_classes=1,
+                variant=model.variant, features_only=True,
+                inner_widths=tuple(model.inner_widths),
+                width_multiplier=model.width_multiplier, small_stem=model.small_stem,
+                conv_algorithm=model.conv_algorithm, axis_name=model.axis_name,
+                dtype=model.dtype)
+  return ResNet(**{**fields, **overrides})
+
+
 class SSD(nn.Module):
   """``[batch, H, W, C]`` images → ``{'class_logits' [batch, A, C + 1], 'offsets' [batch, A,
   4]}`` for the A default boxes.
@@ -62,13 +74,7 @@ class SSD(nn.Module):
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, train: bool = False):
-    trunk = ResNet(stage_sizes=tuple(self.stage_sizes), block="basic", num_classes=1,
-                   variant=self.variant, features_only=True,
-                   inner_widths=tuple(self.inner_widths),
-                   width_multiplier=self.width_multiplier, small_stem=self.small_stem,
-                   conv_algorithm=self.conv_algorithm, axis_name=self.axis_name,
-                   dtype=self.dtype, name="trunk")
-    stages = trunk(images, train=train)
+    stages = trunk_of(self, name="trunk")(images, train=train)
     maps = [stages[s - 1] for s in self.source_stages]
     x = maps[-1]
     for k in range(self.extra_layers):

@@ -130,3 +130,32 @@ def test_coco_map_against_pycocotools():
   assert np.mean(list(ours.values())) == pytest.approx(evaluation.stats[0], abs=1e-9)
   assert ours[0.5] == pytest.approx(evaluation.stats[1], abs=1e-9)
   assert ours[0.75] == pytest.approx(evaluation.stats[2], abs=1e-9)
+
+
+def test_enclosing_and_generalized_iou_by_hand():
+  a = jnp.asarray([[0.0, 0.0, 0.2, 0.2], [0.0, 0.0, 0.2, 0.2], [0.1, 0.1, 0.3, 0.5]])
+  b = jnp.asarray([[0.1, 0.0, 0.3, 0.2], [0.4, 0.0, 0.6, 0.2], [0.1, 0.1, 0.3, 0.5]])
+  np.testing.assert_allclose(boxes.enclosing(a, b)[1], [0.0, 0.0, 0.6, 0.2], atol=1e-7)
+  # Half-overlapping squares: IoU 0.02/0.06 = 1/3, hull 0.06 = union → GIoU = IoU.
+  # Disjoint squares 0.2 apart: IoU 0, hull 0.12, union 0.08 → −(0.04/0.12) = −1/3.
+  np.testing.assert_allclose(boxes.paired_giou(a, b), [1 / 3, -1 / 3, 1.0], atol=1e-6)
+
+
+def test_roi_align_is_exact_on_a_linear_map():
+  # Bilinear interpolation reproduces a linear function exactly, so each cell of RoIAlign
+  # is f at the cell's centre, mapped to map pixels (x·W − ½).
+  height, width = 6, 8
+  rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+  feature = np.stack([2.0 * rows + 0.5 * cols, -cols + 1.0], axis=-1).astype(np.float32)
+  rois = np.asarray([[0.25, 0.2, 0.75, 0.8], [0.1, 0.3, 0.3, 0.6]], np.float32)
+  got = np.asarray(boxes.roi_align(jnp.asarray(feature), jnp.asarray(rois), 3))
+  for k, (x0, y0, x1, y1) in enumerate(rois):
+    for i in range(3):
+      for j in range(3):
+        y = (y0 + (i + 0.5) / 3 * (y1 - y0)) * height - 0.5
+        x = (x0 + (j + 0.5) / 3 * (x1 - x0)) * width - 0.5
+        np.testing.assert_allclose(got[k, i, j], [2 * y + 0.5 * x, -x + 1.0], rtol=1e-5,
+                                   atol=1e-5)
+  # A box reaching past the map takes its border's values.
+  edge = boxes.roi_align(jnp.asarray(feature), jnp.asarray([[-0.5, -0.5, 0.0, 0.0]]), 1)
+  np.testing.assert_allclose(edge[0, 0, 0], feature[0, 0])

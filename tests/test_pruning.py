@@ -58,5 +58,9 @@ def test_l1_ranking_and_counts_by_hand():
   assert pruning.kept_channels(10, 0.3) == 7 and pruning.kept_channels(3, 0.9) == 1
   with pytest.raises(ValueError, match=r"the pruned fraction 1.0 must be in \(0, 1\)"):
     pruning.kept_channels(10, 1.0)
-  assert pruning.block_problems(["stage1_block1", "stage9_block1"], trunk) == [
-      "layer 'stage9_block1' is not a prunable block; the trunk's are ('stage1_block1',)."]
+  known = pruning.blocks_of((1, 2))
+  assert known == ("stage1_block1", "stage2_block1", "stage2_block2")
+  assert pruning.stage_of("stage2_block1") == 2
+  assert pruning.block_problems(["stage1_block1", "stage9_block1"], known) == [
+      "layer 'stage9_block1' is not a prunable block; the trunk's are "
+      "('stage1_block1', 'stage2_block1', 'stage2_block2')."]

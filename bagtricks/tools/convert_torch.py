@@ -298,13 +298,7 @@ def save_checkpoint(variables: Mapping[str, Any], out_dir: str, overwrite: bool 
   from bagtricks import checkpoint, paths  # pylint: disable=import-outside-toplevel
   check_out_dir(out_dir, overwrite)
   directory = paths.join(out_dir, 'checkpoints')  # Local or gs://.
-  paths.remove_tree(directory)
-  checkpointer = checkpoint.Checkpointer(directory)
-  state = {'step': np.asarray(0, np.int32), 'params': variables['params'],
-           'batch_stats': variables.get('batch_stats', {})}
-  checkpointer.save(0, state, force=True)
-  checkpointer.wait()
-  checkpointer.close()
+  checkpoint.write_weights(variables, directory)
   return directory
 
 

@@ -108,7 +108,7 @@ def calibration_batches(config) -> List[Dict[str, np.ndarray]]:
           for i in range(0, len(rows["image"]), p.calibration_batch)]
 
 
-def test_outputs(run_config, model, variables):
+def eval_split_outputs(run_config, model, variables):
   """Yields ``(task, the model's outputs, batch)`` for every eval batch (NumPy, real rows)."""
   source = data.get_source(run_config)
   task = tasks.create_task(run_config, source.info())
@@ -123,7 +123,7 @@ def test_outputs(run_config, model, variables):
 def evaluate(run_config, model, variables) -> Dict[str, float]:
   """mAP50 / mAP75 / mAP of ``model`` on the whole eval split, as the loop evaluates."""
   examples: Dict[str, List[np.ndarray]] = {}
-  for task, outputs, batch in test_outputs(run_config, model, variables):
+  for task, outputs, batch in eval_split_outputs(run_config, model, variables):
     for k, v in task.eval_examples(outputs, batch).items():
       examples.setdefault(k, []).append(np.asarray(v))
   return task.examples_summary({k: np.concatenate(v) for k, v in examples.items()})
@@ -261,7 +261,7 @@ def plot(results: Dict, path: str) -> None:
 
 
 def pictured_examples(run_config, model, variables) -> List[Dict]:
-  task, outputs, batch = next(test_outputs(run_config, model, variables))
+  task, outputs, batch = next(eval_split_outputs(run_config, model, variables))
   found = task.eval_examples(outputs, batch)
   examples = []
   for i in range(PICTURED):

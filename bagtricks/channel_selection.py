@@ -139,6 +139,14 @@ def reconstruction(output, target) -> jnp.ndarray:
   return 0.5 * jnp.sum(jnp.square(output - target)) / math.prod(output.shape[:3])
 
 
+def with_conv2_kernels(trunk_params, kernels: Dict[str, jnp.ndarray]) -> Dict:
+  """``trunk_params`` with the conv2 kernel of every block of ``kernels`` replaced."""
+  params = dict(trunk_params)
+  for name, kernel in kernels.items():
+    params[name] = {**params[name], "conv2": {**params[name]["conv2"], "kernel": kernel}}
+  return params
+
+
 class Selector:
   """DCP's or LCP's greedy channel selection for one trained SSD (module docstring).
 
@@ -175,11 +183,9 @@ class Selector:
 
   def forward(self, kernels, images) -> Tuple[Tuple, Dict]:
     """The trunk with these conv2 kernels → (stage maps, every block's output)."""
-    params = {k: v for k, v in self.params.items()}
-    for name, kernel in kernels.items():
-      params[name] = {**params[name], "conv2": {**params[name]["conv2"], "kernel": kernel}}
     stages, state = self.trunk.apply(
-        {"params": params, "batch_stats": self.batch_stats}, images, train=False,
+        {"params": with_conv2_kernels(self.params, kernels), "batch_stats": self.batch_stats},
+        images, train=False,
         capture_intermediates=lambda module, _: isinstance(module, BasicBlock))
     found = state["intermediates"]
     return stages, {n: found[n]["__call__"][0] for n in self.names}
@@ -279,7 +285,4 @@ class Selector:
       width = self.kernels[name].shape[2]
       kept[name] = self.select_block(aux_params, name, pruning.kept_channels(width, fraction))
       progress(f"{name}: kept {len(kept[name])} of {width}")
-    params = {k: v for k, v in self.params.items()}
-    for name, kernel in self.kernels.items():
-      params[name] = {**params[name], "conv2": {**params[name]["conv2"], "kernel": kernel}}
-    return kept, params, history
+    return kept, with_conv2_kernels(self.params, self.kernels), history

@@ -84,20 +84,20 @@ def finetune_config(config, widths: Sequence[int], pruned_dir: str):
   return run
 
 
-def restore(run_config, workdir: str):
-  """``(model, {'params', 'batch_stats'})`` of the finished run in ``workdir``."""
-  info = data.get_source(run_config).info()
+def restore(run_config, workdir: str, info):
+  """``(model, {'params', 'batch_stats'})`` of the finished run in ``workdir`` (``info``: its
+  data source's)."""
   hook = distill.load_teacher(ml_collections.ConfigDict(
       {"teacher_workdir": workdir, "teacher_config": ""}), info, config=run_config)
   variables = hook.variables()
   return hook.model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
-def calibration_batches(config) -> List[Dict[str, np.ndarray]]:
-  """The first ``pruning.calibration_images`` training canvases, in batches."""
+def calibration_batches(config, source) -> List[Dict[str, np.ndarray]]:
+  """The first ``pruning.calibration_images`` training canvases of ``source``, in batches."""
   p = config.pruning
   rows: Dict[str, List[np.ndarray]] = {}
-  for batch in data.get_source(config).eval_batches(1, split=config.dataset.train_split):
+  for batch in source.eval_batches(1, split=config.dataset.train_split):
     real = batch["mask"][0] > 0
     for k in ("image", "boxes", "classes", "valid"):
       rows.setdefault(k, []).append(batch[k][0][real])
@@ -108,22 +108,21 @@ def calibration_batches(config) -> List[Dict[str, np.ndarray]]:
           for i in range(0, len(rows["image"]), p.calibration_batch)]
 
 
-def eval_split_outputs(run_config, model, variables):
-  """Yields ``(task, the model's outputs, batch)`` for every eval batch (NumPy, real rows)."""
-  source = data.get_source(run_config)
-  task = tasks.create_task(run_config, source.info())
+def eval_split_outputs(source, model, variables):
+  """Yields ``(the model's outputs, batch)`` for every eval batch of ``source`` (NumPy, real
+  rows)."""
   apply = jax.jit(lambda v, x: model.apply(model_variables(v["params"], v["batch_stats"]), x,
                                            train=False))
   for batch in source.eval_batches(1):
     real = batch["mask"][0] > 0
     batch = {k: v[0][real] for k, v in batch.items()}
-    yield task, jax.tree_util.tree_map(np.asarray, apply(variables, batch["image"])), batch
+    yield jax.tree_util.tree_map(np.asarray, apply(variables, batch["image"])), batch
 
 
-def evaluate(run_config, model, variables) -> Dict[str, float]:
+def evaluate(source, task, model, variables) -> Dict[str, float]:
   """mAP50 / mAP75 / mAP of ``model`` on the whole eval split, as the loop evaluates."""
   examples: Dict[str, List[np.ndarray]] = {}
-  for task, outputs, batch in eval_split_outputs(run_config, model, variables):
+  for outputs, batch in eval_split_outputs(source, model, variables):
     for k, v in task.eval_examples(outputs, batch).items():
       examples.setdefault(k, []).append(np.asarray(v))
   return task.examples_summary({k: np.concatenate(v) for k, v in examples.items()})
@@ -151,22 +150,22 @@ def select_channels(config, method: str, fraction: float, model, variables, batc
 
 
 def pruned_detector(config, method: str, fraction: float, model, variables, batches,
-                    anchors, run_dir: str):
+                    source, task, run_dir: str):
   """The rebuilt detector of one method and fraction, its weights written to
-  ``<run_dir>/pruned`` and its selection to ``selection.json`` (both reused when there).
+  ``<run_dir>/pruned`` and its selection to ``selection.json`` (both reused when there);
+  ``source`` and ``task`` are the detector's data and task.
 
   Returns:
     ``(model, variables, selection record)``.
   """
   record_path, pruned_dir = paths.join(run_dir, "selection.json"), paths.join(run_dir, "pruned")
-  plain = detector_config(config)
   if paths.exists(record_path) and checkpoint.has_checkpoint(paths.join(pruned_dir,
                                                                         "checkpoints")):
     record = json.loads(paths.read_text(record_path))
     pruned = model.clone(inner_widths=tuple(record["widths"]))
-    return pruned, restore_weights(plain, pruned, pruned_dir), record
+    return pruned, restore_weights(source.info(), pruned, pruned_dir), record
   started = time.time()
-  chosen = select_channels(config, method, fraction, model, variables, batches, anchors)
+  chosen = select_channels(config, method, fraction, model, variables, batches, task.anchors)
   trunk_params, trunk_stats, widths = pruning.prune_trunk(
       chosen["params"], variables["batch_stats"]["trunk"], chosen["kept"])
   pruned = model.clone(inner_widths=widths)
@@ -176,17 +175,16 @@ def pruned_detector(config, method: str, fraction: float, model, variables, batc
   record = {"widths": list(widths), "selection_seconds": round(time.time() - started, 1),
             "kept": {k: [int(i) for i in v] for k, v in chosen["kept"].items()},
             "aux_history": chosen["aux_history"],
-            "before_finetuning": evaluate(plain, pruned, weights)}
+            "before_finetuning": evaluate(source, task, pruned, weights)}
   checkpoint.write_weights(weights, paths.join(pruned_dir, "checkpoints"))
   paths.write_text(record_path, json.dumps(record, indent=1))
   return pruned, weights, record
 
 
-def restore_weights(run_config, model, directory: str):
+def restore_weights(info, model, directory: str):
   """The ``{'params', 'batch_stats'}`` written by ``checkpoint.write_weights``."""
   template = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), data.get_source(run_config).info().example_batch()["image"],
-      train=False))
+      jax.random.PRNGKey(0), info.example_batch()["image"], train=False))
   reader = checkpoint.Checkpointer(paths.join(directory, "checkpoints"), read_only=True)
   try:
     return reader.restore_variables(dict(template))
@@ -260,8 +258,8 @@ def plot(results: Dict, path: str) -> None:
   plt.close(fig)
 
 
-def pictured_examples(run_config, model, variables) -> List[Dict]:
-  task, outputs, batch = next(eval_split_outputs(run_config, model, variables))
+def pictured_examples(source, task, model, variables) -> List[Dict]:
+  outputs, batch = next(eval_split_outputs(source, model, variables))
   found = task.eval_examples(outputs, batch)
   examples = []
   for i in range(PICTURED):
@@ -282,10 +280,12 @@ def run_study(config, workdir: str) -> Dict:
   plain = detector_config(config)
   unpruned_dir = paths.join(workdir, "unpruned")
   summary = train.train_and_evaluate(plain, unpruned_dir)
-  model, variables = restore(plain, unpruned_dir)
-  info = data.get_source(plain).info()
-  anchors = tasks.create_task(plain, info).anchors
-  batches = calibration_batches(config)
+  # The canvases are generated when a source is made: once here, for everything below.
+  source = data.get_source(plain)
+  info = source.info()
+  task = tasks.create_task(plain, info)
+  model, variables = restore(plain, unpruned_dir, info)
+  batches = calibration_batches(config, source)
   detectors = {"unpruned": (model, variables)}
   rows = [{"method": "unpruned", "fraction": 0.0, "mAP50": summary["test_mAP50"],
            "mAP75": summary["test_mAP75"], "mAP": summary["test_mAP"],
@@ -295,7 +295,7 @@ def run_study(config, workdir: str) -> Dict:
       name = f"{method}_{round(100 * fraction)}"
       run_dir = paths.join(workdir, name)
       pruned, weights, record = pruned_detector(config, method, fraction, model, variables,
-                                                batches, anchors, run_dir)
+                                                batches, source, task, run_dir)
       tuned = train.train_and_evaluate(
           finetune_config(config, record["widths"], paths.join(run_dir, "pruned")),
           paths.join(run_dir, "finetuned"))
@@ -309,7 +309,7 @@ def run_study(config, workdir: str) -> Dict:
   for row in rows:
     m, v = detectors[row["run"]]
     row.update(costs(m, v, image_shape), images_per_second=speed[row["run"]])
-  return {"rows": rows, "examples": pictured_examples(plain, model, variables)}
+  return {"rows": rows, "examples": pictured_examples(source, task, model, variables)}
 
 
 def define_flags() -> None:

@@ -29,15 +29,19 @@ on the grid h_{l,i} = exp(−‖g_l − g_{l*_i}‖² / 2σ²), the slot's mass 
 
 Kohonen's rule, each slot pulled towards the mean of the ROIs that reach it, values kept
 distributions. With ``axis_name`` the sums run over every device (``lax.psum``), so every
-device holds the same memory. σ shrinks over training (``neighbourhood_width``): early
-updates order the whole grid, late ones refine single slots.
+device holds the same memory. σ and η shrink over training (``exponential_decay``), as in
+Kohonen's map: early updates order the whole grid and follow the encoder's fast-moving
+features, late ones refine single slots and average many ROIs. (A slot wins a few ROIs of a
+batch, so a value moved by a constant large η is the label mix of the last batches' few ROIs,
+not the cluster's; README, "Learning from web data", has the measurement.)
 
-The paper's own equations could not be checked against its text; three readings of it were
+The paper's own equations could not be checked against its text; four readings of it were
 measured on web digits (README, "Learning from web data") and differ from this one: the
 memory updated from the bag features z (keys become averages of unrelated regions while the
 weights are spread), from the ROIs weighted by α (the memory and the classifier reinforce
-whichever class the first weights favour), and an r-score from the slots' sizes (the encoder
-maps the background near one point, whose slot is the largest for every class).
+whichever class the first weights favour), an r-score from the slots' sizes (the encoder
+maps the background near one point, whose slot is the largest for every class), and a
+constant η (the values follow the last batches, above).
 """
 
 from __future__ import annotations
@@ -148,8 +152,8 @@ def som_update(memory: Memory, features: jnp.ndarray, labels: jnp.ndarray,
                 values=memory.values + rate * (hy - mass[:, None] * memory.values))
 
 
-def neighbourhood_width(step: jnp.ndarray, total_steps: int, start: float,
-                        end: float = 0.5) -> jnp.ndarray:
-  """σ at ``step``: from ``start`` down to ``end`` exponentially over ``total_steps``."""
+def exponential_decay(step: jnp.ndarray, total_steps: int, start: float,
+                      end: float) -> jnp.ndarray:
+  """σ or η at ``step``: from ``start`` down to ``end`` exponentially over ``total_steps``."""
   fraction = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
   return start * (end / start) ** fraction

@@ -10,7 +10,7 @@ under ``jax.pmap`` or ``jax.jit(jax.shard_map(...))``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax

@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   p = config.pruning = ml_collections.ConfigDict()
   p.methods = ("l1", "dcp", "lcp")
   p.fractions = (0.3, 0.5, 0.7)
+  p.seeds = (0,)  # Selection and fine-tuning seeds; the detector is trained once.
   p.layers = ()  # Block names (stage{s}_block{b}); () prunes every block.
   p.calibration_images = 256  # Training canvases the selection sees.
   p.calibration_batch = 64

@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.web_bags.pooling = "memory"
   config.web_bags.scores = "both"
   config.web_bags.grid = 8
-  config.web_bags.learning_rate = 0.5
+  config.web_bags.learning_rate = (0.5, 0.01)  # η, decaying as σ does.
   config.web_bags.width = (4.0, 0.5)
   config.web_bags.warmup_epochs = 5.0
   config.batch_size = 16  # Bags.

@@ -129,6 +129,7 @@ def _tiny_pruning_config():
      r"config.pruning.layers holds 'stage2_block9' is not a prunable block; the trunk's are "
      r"\('stage1_block1', 'stage1_block2', 'stage2_block1'"),
     ("methods", ("l1", "lpc"), r"config.pruning.methods holds 'lpc', which is unknown"),
+    ("seeds", (), r"config.pruning.seeds=\(\) must be one or more integers."),
 ])
 def test_study_names_bad_pruning_fields(field, value, message):
   from bagtricks.studies import pruning_study
@@ -138,15 +139,46 @@ def test_study_names_bad_pruning_fields(field, value, message):
   assert len(problems) == 1 and re.match(message, problems[0]), problems
 
 
+def test_study_table_gives_each_method_the_mean_and_spread_of_its_seeds():
+  from bagtricks.studies import pruning_study
+  costs = {"parameters": 1000, "flops": 2e6}
+  rows = [dict(method="unpruned", fraction=0.0, mAP50=0.9, mAP75=0.7, before_finetuning=None,
+               images_per_second=100.0, **costs)]
+  rows += [dict(method="lcp", fraction=0.5, mAP50=m50, mAP75=m75, before_finetuning=b,
+                images_per_second=s, **costs)
+           for m50, m75, b, s in [(0.80, 0.60, 0.5, 150.0), (0.84, 0.66, 0.7, 170.0)]]
+  lines = pruning_study.markdown_table(rows).splitlines()
+  assert lines[2] == "| unpruned | 0 % | 1 | 90.00 | 70.00 | – | 1,000 | 2.0 | 100 |"
+  # Two seeds: means 82 / 63 / 60 %, population standard deviations 2 / 3 / 10 points.
+  assert lines[3] == ("| lcp | 50 % | 2 | 82.00 ± 2.00 | 63.00 ± 3.00 | 60.00 ± 10.00 | "
+                      "1,000 | 2.0 | 160 |")
+
+
+def test_study_compares_selections_method_against_method_and_seed_against_seed():
+  from bagtricks.studies import pruning_study
+  a = {"b1": [0, 1], "b2": [0, 1, 2, 3]}
+  b = {"b1": [1, 2], "b2": [0, 1, 2, 5]}
+  assert pruning_study.shared_channels(a, b) == pytest.approx(4 / 6)
+  kept = {("dcp", 0): a, ("dcp", 1): b, ("lcp", 0): a, ("lcp", 1): {"b1": [3, 4],
+                                                                   "b2": [4, 5, 6, 7]}}
+  rows = [{"method": "unpruned", "fraction": 0.0, "seed": 0}]
+  rows += [{"method": m, "fraction": 0.5, "seed": s, "kept": k} for (m, s), k in kept.items()]
+  lines = pruning_study.overlap_table(rows).splitlines()
+  # dcp/lcp same seed: 6/6 (seed 0) and 1/6 (seed 1); dcp's seeds 4/6; lcp's seeds 0/6.
+  assert lines[2:] == ["| 50 % | dcp, seed against seed | 1 | 66.7 |",
+                       "| 50 % | dcp against lcp, same seed | 2 | 58.3 |",
+                       "| 50 % | lcp, seed against seed | 1 | 0.0 |"]
+
+
 @pytest.mark.slow
 def test_study_prunes_fine_tunes_and_reports(tmp_path):
   from bagtricks.studies import pruning_study
   config = _tiny_pruning_config()
   results = pruning_study.run_study(config, str(tmp_path))
   rows = {r["run"]: r for r in results["rows"]}
-  assert list(rows) == ["unpruned", "l1_50", "dcp_50", "lcp_50"]
+  assert list(rows) == ["unpruned", "l1_50_s0", "dcp_50_s0", "lcp_50_s0"]
   full = rows["unpruned"]
-  for name in ("l1_50", "dcp_50", "lcp_50"):
+  for name in ("l1_50_s0", "dcp_50_s0", "lcp_50_s0"):
     row = rows[name]
     # Every block keeps half its inner channels: a smaller network, not a masked one.
     assert row["widths"] == [max(1, round(w / 2)) for w in full_widths(config)]
@@ -154,7 +186,7 @@ def test_study_prunes_fine_tunes_and_reports(tmp_path):
     assert 0.0 <= row["mAP50"] <= 1.0 and row["images_per_second"] > 0
     assert (tmp_path / name / "finetuned" / "summary.json").exists()
   table = pruning_study.markdown_table(results["rows"])
-  assert table.count("\n") == 2 + 4 and "| lcp | 50 % |" in table
+  assert table.count("\n") == 2 + 4 and "| lcp | 50 % | 1 |" in table
   pruning_study.plot(results, str(tmp_path / "pruning.png"))
   assert (tmp_path / "pruning.png").stat().st_size > 0
   # A second run reuses every selection and run.

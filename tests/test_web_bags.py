@@ -137,7 +137,9 @@ def test_memory_update_and_weights_against_numpy():
   empty = memory._replace(values=jnp.full_like(memory.values, 1 / 3))  # A fresh memory.
   np.testing.assert_allclose(som_memory.roi_weights(jnp.asarray(features, jnp.float32),
                                                     jnp.array([2]), empty)[0], 0.25)
-  assert float(som_memory.neighbourhood_width(jnp.float32(10), 10, 4.0, 0.5)) == pytest.approx(0.5)
+  for step, expected in ((0, 4.0), (5, 4.0 * 0.125 ** 0.5), (10, 0.5), (20, 0.5)):
+    assert float(som_memory.exponential_decay(jnp.float32(step), 10, 4.0, 0.5)) == (
+        pytest.approx(expected))
 
 
 @pytest.mark.slow
@@ -158,6 +160,8 @@ def test_memory_and_model_on_eight_devices_equal_one():
     ("dataset.digit_size", (10, 20), r"config.dataset.digit_size=\(10, 20\) must be"),
     ("web_bags.pooling", "sum", "config.web_bags.pooling='sum' is unknown"),
     ("web_bags.scores", "none", "config.web_bags.scores='none' is unknown"),
+    ("web_bags.learning_rate", (0.5, 0.0), r"config.web_bags.learning_rate=\(0.5, 0.0\) must "
+     r"be \(start, end\) in \(0, 1\]"),
     ("web_bags.pooling", "whole_image", "config.web_bags.pooling='whole_image' trains on "
      "whole images: set config.dataset.regions='whole'"),
 ])

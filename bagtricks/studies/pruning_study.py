@@ -8,10 +8,13 @@ reused): the unpruned detector (the config without its ``pruning`` section) in
 ``<workdir>/unpruned``; then, for each method of ``config.pruning.methods`` and fraction of
 ``config.pruning.fractions``, the channels each basic block of the trunk keeps
 (``pruning.l1_selection``, ``channel_selection.Selector``), the detector rebuilt with them
-(``<workdir>/<method>_<percent>/pruned``, step 0) and fine-tuned from those weights
-(``init_from``) for ``pruning.finetune_epochs``.
+(``<workdir>/<method>_<percent>_s<seed>/pruned``, step 0) and fine-tuned from those weights
+(``init_from``) for ``pruning.finetune_epochs``, once for each seed of ``pruning.seeds``
+(the sampled boxes, the auxiliary networks and the fine-tuning's batches; the detector is
+trained once, with ``config.seed``).
 
-The table has, per row, mAP@0.5 and mAP@0.75 on the whole test split after fine-tuning and
+The table has, per method and fraction (the mean ± standard deviation over the seeds),
+mAP@0.5 and mAP@0.75 on the whole test split after fine-tuning and
 mAP@0.5 right after pruning (before any fine-tuning), the parameters, the FLOPs of one
 64×64 image (XLA's count of the forward pass) and the images/s of the forward pass at the
 eval batch size, measured here, alternating between the detectors. Writes
@@ -52,6 +55,8 @@ def check_pruning(config) -> List[str]:
               for f in p.fractions if not isinstance(f, (int, float)) or not 0 < f < 1]
   problems += [f"config.pruning.methods holds {m!r}, which is unknown; use any of {METHODS}."
                for m in p.methods if m not in METHODS]
+  if not p.seeds or not all(isinstance(s, int) for s in p.seeds):
+    problems.append(f"config.pruning.seeds={tuple(p.seeds)!r} must be one or more integers.")
   problems += pruning.block_problems(p.layers, pruning.blocks_of(config.model.stage_sizes),
                                      field="config.pruning.layers holds")
   for field in ("calibration_images", "calibration_batch", "aux_steps", "rounds",
@@ -70,6 +75,13 @@ def detector_config(config):
   with plain.unlocked():
     del plain["pruning"]
   return plain
+
+
+def trial_config(config, seed: int):
+  """``config`` whose selection and fine-tuning draw from ``seed``."""
+  trial = config.copy_and_resolve_references()
+  trial.seed = seed
+  return trial
 
 
 def finetune_config(config, widths: Sequence[int], pruned_dir: str):
@@ -221,15 +233,61 @@ def images_per_second(detectors: Dict[str, tuple], batch_size: int, image_shape
   return {name: batch_size / float(np.median(t)) for name, t in times.items()}
 
 
+def mean_and_spread(values: Sequence[float], scale: float = 100.0) -> str:
+  """``mean`` of one value, ``mean ± std`` (population) of several, times ``scale``."""
+  values = scale * np.asarray(values, np.float64)
+  if len(values) == 1:
+    return f"{values[0]:.2f}"
+  return f"{values.mean():.2f} ± {values.std():.2f}"
+
+
 def markdown_table(rows: List[Dict]) -> str:
-  lines = ["| method | pruned | mAP@0.5 (%) | mAP@0.75 (%) | mAP@0.5 before fine-tuning (%) | "
-           "parameters | MFLOPs / image | images/s |", "|---|---|---|---|---|---|---|---|"]
+  """One line per method and fraction, in the rows' order; the scores over its seeds."""
+  groups: Dict[tuple, List[Dict]] = {}
   for r in rows:
-    before = r["before_finetuning"]
+    groups.setdefault((r["method"], r["fraction"]), []).append(r)
+  lines = ["| method | pruned | seeds | mAP@0.5 (%) | mAP@0.75 (%) | mAP@0.5 before fine-tuning "
+           "(%) | parameters | MFLOPs / image | images/s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for (method, fraction), group in groups.items():
+    first = group[0]
+    before = ("–" if first["before_finetuning"] is None
+              else mean_and_spread([r["before_finetuning"] for r in group]))
+    speed = np.mean([r["images_per_second"] for r in group])
     lines.append(
-        f"| {r['method']} | {round(100 * r['fraction'])} % | {100 * r['mAP50']:.2f} | "
-        f"{100 * r['mAP75']:.2f} | {'–' if before is None else f'{100 * before:.2f}'} | "
-        f"{r['parameters']:,} | {r['flops'] / 1e6:.1f} | {r['images_per_second']:.0f} |")
+        f"| {method} | {round(100 * fraction)} % | {len(group)} | "
+        f"{mean_and_spread([r['mAP50'] for r in group])} | "
+        f"{mean_and_spread([r['mAP75'] for r in group])} | {before} | "
+        f"{first['parameters']:,} | {first['flops'] / 1e6:.1f} | {speed:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def shared_channels(kept_a: Dict[str, Sequence[int]], kept_b: Dict[str, Sequence[int]]) -> float:
+  """The share of ``kept_a``'s kept channels that ``kept_b`` keeps too (same blocks)."""
+  common = sum(len(set(kept_a[block]) & set(kept_b[block])) for block in kept_a)
+  return common / sum(len(kept) for kept in kept_a.values())
+
+
+def overlap_table(rows: List[Dict]) -> str:
+  """How alike the selections are, per fraction: two methods compared seed for seed, and
+  one method's seeds compared with each other (the spread a seed alone gives)."""
+  lines = ["| pruned | selections compared | pairs | channels kept by both (%) |",
+           "|---|---|---|---|"]
+  pruned = [r for r in rows if "kept" in r]
+  for fraction in dict.fromkeys(r["fraction"] for r in pruned):
+    runs = [r for r in pruned if r["fraction"] == fraction]
+    pairs: Dict[tuple, List[float]] = {}
+    for i, a in enumerate(runs):
+      for b in runs[i + 1:]:
+        same_method = a["method"] == b["method"]
+        if same_method != (a["seed"] == b["seed"]):  # Methods seed for seed, or seeds.
+          key = ((a["method"], "seeds") if same_method else (a["method"], b["method"]))
+          pairs.setdefault(key, []).append(shared_channels(a["kept"], b["kept"]))
+    for (first, second), shares in pairs.items():
+      what = (f"{first}, seed against seed" if second == "seeds"
+              else f"{first} against {second}, same seed")
+      lines.append(f"| {round(100 * fraction)} % | {what} | {len(shares)} | "
+                   f"{100 * np.mean(shares):.1f} |")
   return "\n".join(lines) + "\n"
 
 
@@ -274,6 +332,29 @@ def pictured_examples(source, task, model, variables) -> List[Dict]:
   return examples
 
 
+def pruned_row(config, method: str, fraction: float, workdir: str, unpruned,
+               detectors: Dict[str, tuple]) -> Dict:
+  """Prunes (or reuses) and fine-tunes one method × fraction with ``config.seed``; its row.
+
+  ``unpruned`` is ``(model, variables, calibration batches, source, task)``; the pruned
+  ``(model, weights)`` is added to ``detectors`` under the run's name.
+  """
+  model, variables, batches, source, task = unpruned
+  name = f"{method}_{round(100 * fraction)}_s{config.seed}"
+  run_dir = paths.join(workdir, name)
+  pruned, weights, record = pruned_detector(config, method, fraction, model, variables,
+                                            batches, source, task, run_dir)
+  tuned = train.train_and_evaluate(
+      finetune_config(config, record["widths"], paths.join(run_dir, "pruned")),
+      paths.join(run_dir, "finetuned"))
+  detectors[name] = (pruned, weights)
+  return {"method": method, "fraction": fraction, "seed": config.seed,
+          "mAP50": tuned["test_mAP50"], "mAP75": tuned["test_mAP75"], "mAP": tuned["test_mAP"],
+          "before_finetuning": record["before_finetuning"]["mAP50"],
+          "before_finetuning_mAP75": record["before_finetuning"]["mAP75"], "run": name,
+          "widths": record["widths"], "kept": record["kept"]}
+
+
 def run_study(config, workdir: str) -> Dict:
   """Every run of the study and its rows (module docstring)."""
   p = config.pruning
@@ -288,22 +369,13 @@ def run_study(config, workdir: str) -> Dict:
   batches = calibration_batches(config, source)
   detectors = {"unpruned": (model, variables)}
   rows = [{"method": "unpruned", "fraction": 0.0, "mAP50": summary["test_mAP50"],
-           "mAP75": summary["test_mAP75"], "mAP": summary["test_mAP"],
-           "before_finetuning": None, "run": "unpruned"}]
+           "mAP75": summary["test_mAP75"], "mAP": summary["test_mAP"], "seed": config.seed,
+           "before_finetuning": None, "before_finetuning_mAP75": None, "run": "unpruned"}]
   for method in p.methods:
     for fraction in p.fractions:
-      name = f"{method}_{round(100 * fraction)}"
-      run_dir = paths.join(workdir, name)
-      pruned, weights, record = pruned_detector(config, method, fraction, model, variables,
-                                                batches, source, task, run_dir)
-      tuned = train.train_and_evaluate(
-          finetune_config(config, record["widths"], paths.join(run_dir, "pruned")),
-          paths.join(run_dir, "finetuned"))
-      detectors[name] = (pruned, weights)
-      rows.append({"method": method, "fraction": fraction, "mAP50": tuned["test_mAP50"],
-                   "mAP75": tuned["test_mAP75"], "mAP": tuned["test_mAP"],
-                   "before_finetuning": record["before_finetuning"]["mAP50"], "run": name,
-                   "widths": record["widths"]})
+      for seed in p.seeds:
+        rows.append(pruned_row(trial_config(config, seed), method, fraction, workdir,
+                               (model, variables, batches, source, task), detectors))
   image_shape = info.element_spec["image"].shape
   speed = images_per_second(detectors, plain.eval_batch_size, image_shape)
   for row in rows:
@@ -324,8 +396,8 @@ def main() -> None:
     runner.usage_error(" ".join(problems))
   started = time.time()
   results = run_study(config, flags.FLAGS.workdir)
-  runner.write_outputs(flags.FLAGS.workdir, "pruning", markdown_table(results["rows"]),
-                       results, started, plot=plot)
+  table = markdown_table(results["rows"]) + "\n" + overlap_table(results["rows"])
+  runner.write_outputs(flags.FLAGS.workdir, "pruning", table, results, started, plot=plot)
 
 
 if __name__ == "__main__":

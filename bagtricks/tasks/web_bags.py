@@ -43,19 +43,19 @@ class WebBagsTask(TaskBase):
     pooling: one of ``POOLINGS``.
     scores: which memory scores weigh the regions (``som_memory.SCORES``).
     grid: the memory is ``grid`` × ``grid`` slots.
-    learning_rate: η of the SOM step.
+    learning_rate: (η at the start, η at the end) of the SOM step.
     width: (σ at the start, σ at the end) of the neighbourhood, in grid cells.
     warmup_steps: steps with uniform weights before the memory weighs the regions.
-    total_steps: the run's steps (σ's schedule).
+    total_steps: the run's steps (σ's and η's schedules).
   """
 
   progress_metrics = {"bag_accuracy": "acc", "weight_on_digit": "on_digit"}
   config_defaults = {"web_bags.pooling": "memory", "web_bags.scores": "both",
-                     "web_bags.grid": 8, "web_bags.learning_rate": 0.5,
+                     "web_bags.grid": 8, "web_bags.learning_rate": (0.5, 0.01),
                      "web_bags.width": (4.0, 0.5), "web_bags.warmup_epochs": 2.0}
 
   def __init__(self, num_classes: int, feature_dim: int, pooling: str = "memory",
-               scores: str = "both", grid: int = 8, learning_rate: float = 0.5,
+               scores: str = "both", grid: int = 8, learning_rate=(0.5, 0.01),
                width=(4.0, 0.5), warmup_steps: int = 0, total_steps: int = 1):
     self.input_keys = ("regions",)
     self.num_classes = self.num_outputs = num_classes
@@ -63,7 +63,7 @@ class WebBagsTask(TaskBase):
     self.pooling = pooling
     self.scores = scores
     self.grid = grid
-    self.learning_rate = learning_rate
+    self.learning_rate = tuple(learning_rate)
     self.width = tuple(width)
     self.warmup_steps = warmup_steps
     self.total_steps = total_steps
@@ -73,7 +73,7 @@ class WebBagsTask(TaskBase):
     c = config.web_bags
     steps = dataset_info.steps_per_epoch
     return cls(dataset_info.num_classes, config.model.backbone.feature_dim, c.pooling,
-               c.scores, c.grid, c.learning_rate, tuple(c.width),
+               c.scores, c.grid, tuple(c.learning_rate), tuple(c.width),
                int(round(c.warmup_epochs * steps)), int(round(config.num_epochs * steps)))
 
   @classmethod
@@ -90,9 +90,9 @@ class WebBagsTask(TaskBase):
     if not isinstance(grid, int) or grid < 1:
       problems.append(f"config.web_bags.grid={grid!r} must be a positive integer (grid × grid "
                       "memory slots).")
-    rate = c.get("learning_rate", 0.5)
-    if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
-      problems.append(f"config.web_bags.learning_rate={rate!r} must be in (0, 1].")
+    rate = tuple(c.get("learning_rate", (0.5, 0.01)))
+    if len(rate) != 2 or not all(isinstance(r, (int, float)) and 0 < r <= 1 for r in rate):
+      problems.append(f"config.web_bags.learning_rate={rate!r} must be (start, end) in (0, 1].")
     width = tuple(c.get("width", (4.0, 0.5)))
     if len(width) != 2 or not all(isinstance(w, (int, float)) and w > 0 for w in width):
       problems.append(f"config.web_bags.width={width!r} must be (start, end) > 0 grid cells.")
@@ -142,10 +142,11 @@ class WebBagsTask(TaskBase):
                     else jnp.einsum("bn,bnc->bc", alpha, logits))
       ce = losses.classification_loss(bag_logits, labels)
     if self.pooling == "memory":
-      width = som_memory.neighbourhood_width(task_state["step"], self.total_steps, *self.width)
+      step = task_state["step"]
+      rate = som_memory.exponential_decay(step, self.total_steps, *self.learning_rate)
+      width = som_memory.exponential_decay(step, self.total_steps, *self.width)
       memory = som_memory.som_update(
-          som_memory.Memory(**task_state["memory"]), features, labels, self.learning_rate, width,
-          axis_name)
+          som_memory.Memory(**task_state["memory"]), features, labels, rate, width, axis_name)
       state["memory"] = memory._asdict()
     holds = batch["holds_digit"].reshape(bags, -1).astype(jnp.float32)
     metrics = {"bag_accuracy": jnp.mean(jnp.argmax(bag_logits, -1) == labels),

@@ -24,6 +24,13 @@ def area(boxes: jnp.ndarray) -> jnp.ndarray:
           jnp.clip(boxes[..., 3] - boxes[..., 1], 0.0))
 
 
+def intersection(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  """``[...]`` area of A ∩ B for corner boxes ``a`` and ``b [..., 4]`` (broadcast)."""
+  low = jnp.maximum(a[..., :2], b[..., :2])
+  high = jnp.minimum(a[..., 2:], b[..., 2:])
+  return jnp.prod(jnp.clip(high - low, 0.0), axis=-1)
+
+
 def pairwise_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
   """Intersection over union of every box of ``a [N, 4]`` with every box of ``b [M, 4]``.
 
@@ -32,9 +39,7 @@ def pairwise_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
   Returns:
     ``[N, M]``.
   """
-  low = jnp.maximum(a[:, None, :2], b[None, :, :2])
-  high = jnp.minimum(a[:, None, 2:], b[None, :, 2:])
-  inter = jnp.prod(jnp.clip(high - low, 0.0), axis=-1)
+  inter = intersection(a[:, None], b[None, :])
   union = area(a)[:, None] + area(b)[None, :] - inter
   return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 
@@ -197,9 +202,7 @@ def paired_giou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
   (Rezatofighi et al. 2019, Algorithm 1): in [−1, 1], 1 only for A = B, and still graded
   (not flat at 0) for boxes that do not overlap, so 1 − GIoU is a box-regression loss.
   """
-  low = jnp.maximum(a[..., :2], b[..., :2])
-  high = jnp.minimum(a[..., 2:], b[..., 2:])
-  inter = jnp.prod(jnp.clip(high - low, 0.0), axis=-1)
+  inter = intersection(a, b)
   union = area(a) + area(b) - inter
   hull = area(enclosing(a, b))
   iou = inter / jnp.maximum(union, 1e-9)

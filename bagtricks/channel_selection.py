@@ -46,7 +46,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bagtricks import boxes, pruning
+from bagtricks import boxes, losses, pruning
 from models import ssd
 from models.resnet import BasicBlock
 
@@ -124,8 +124,7 @@ def auxiliary_loss(logits, offsets, samples, localization: bool) -> jnp.ndarray:
   """L_A (module docstring): classification of every valid sampled box, plus 1 − GIoU of the
   positives' decoded boxes with ``localization``; over the positives' count."""
   count = jnp.maximum(jnp.sum(samples["positive"]), 1)
-  log_probs = jax.nn.log_softmax(logits)
-  ce = -jnp.take_along_axis(log_probs, samples["label"][..., None], axis=-1)[..., 0]
+  ce = losses.classification_loss(logits, samples["label"])
   loss = jnp.sum(jnp.where(samples["valid"], ce, 0.0))
   if localization:
     predicted = boxes.decode(offsets, samples["default"])
@@ -178,7 +177,10 @@ class Selector:
                     for i, b in enumerate(batches)]
     self.kernels = {n: jnp.asarray(self.params[n]["conv2"]["kernel"]) for n in self.names}
     self._forward = jax.jit(self.forward)
-    self.targets = [self._forward(self.kernels, b["image"])[1] for b in self.batches]
+    # The unpruned trunk's stage maps (the auxiliary nets' inputs) and block outputs (M's
+    # targets), from one pass.
+    self.stage_maps, self.targets = zip(*(self._forward(self.kernels, b["image"])
+                                          for b in self.batches))
     self._value_and_grad = jax.jit(jax.value_and_grad(self.loss))
 
   def forward(self, kernels, images) -> Tuple[Tuple, Dict]:
@@ -210,8 +212,7 @@ class Selector:
     Returns:
       ``(aux_params, the summed auxiliary loss every 50 steps)``.
     """
-    first = self.batches[0]
-    features = [self._forward(self.kernels, b["image"])[0] for b in self.batches]
+    first, features = self.batches[0], self.stage_maps
     rng = jax.random.PRNGKey(self.settings.seed + 1)
     aux_params = {f"stage{s}": self.aux.init(jax.random.fold_in(rng, s), features[0][s - 1],
                                              first["samples"]["default"],

@@ -32,10 +32,9 @@ from typing import Dict, List, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import ml_collections
 from absl import flags
 
-from bagtricks import channel_selection, checkpoint, data, distill, paths, pruning, tasks, train
+from bagtricks import channel_selection, checkpoint, data, finetune, paths, pruning, tasks, train
 from bagtricks.steps import model_variables
 from bagtricks.studies import runner
 
@@ -99,8 +98,7 @@ def finetune_config(config, widths: Sequence[int], pruned_dir: str):
 def restore(run_config, workdir: str, info):
   """``(model, {'params', 'batch_stats'})`` of the finished run in ``workdir`` (``info``: its
   data source's)."""
-  hook = distill.load_teacher(ml_collections.ConfigDict(
-      {"teacher_workdir": workdir, "teacher_config": ""}), info, config=run_config)
+  hook = runner.restored_run(workdir, info, config=run_config)
   variables = hook.variables()
   return hook.model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
@@ -174,8 +172,9 @@ def pruned_detector(config, method: str, fraction: float, model, variables, batc
   if paths.exists(record_path) and checkpoint.has_checkpoint(paths.join(pruned_dir,
                                                                         "checkpoints")):
     record = json.loads(paths.read_text(record_path))
-    pruned = model.clone(inner_widths=tuple(record["widths"]))
-    return pruned, restore_weights(source.info(), pruned, pruned_dir), record
+    _, weights = finetune.read_pretrained(pruned_dir)
+    return (model.clone(inner_widths=tuple(record["widths"])),
+            jax.tree_util.tree_map(jnp.asarray, weights), record)
   started = time.time()
   chosen = select_channels(config, method, fraction, model, variables, batches, task.anchors)
   trunk_params, trunk_stats, widths = pruning.prune_trunk(
@@ -191,17 +190,6 @@ def pruned_detector(config, method: str, fraction: float, model, variables, batc
   checkpoint.write_weights(weights, paths.join(pruned_dir, "checkpoints"))
   paths.write_text(record_path, json.dumps(record, indent=1))
   return pruned, weights, record
-
-
-def restore_weights(info, model, directory: str):
-  """The ``{'params', 'batch_stats'}`` written by ``checkpoint.write_weights``."""
-  template = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), info.example_batch()["image"], train=False))
-  reader = checkpoint.Checkpointer(paths.join(directory, "checkpoints"), read_only=True)
-  try:
-    return reader.restore_variables(dict(template))
-  finally:
-    reader.close()
 
 
 def costs(model, variables, image_shape) -> Dict[str, float]:

@@ -111,6 +111,19 @@ def write_outputs(workdir: str, name: str, table: str, results: Any, started: fl
         f"{time.time() - started:.0f} s.", flush=True)
 
 
+def restored_run(workdir: str, info, config=None):
+  """The finished run in ``workdir`` rebuilt and restored as a distillation teacher is
+  (``distill.load_teacher``; ``config`` default its ``config.json``).
+
+  Returns:
+    The ``distill.TeacherHook``: ``model``, ``task`` and ``variables()``.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from bagtricks import distill  # pylint: disable=g-import-not-at-top
+  return distill.load_teacher(ml_collections.ConfigDict(
+      {"teacher_workdir": workdir, "teacher_config": ""}), info, config=config)
+
+
 def finished_run_model(config, workdir: str):
   """A finished run's model, restored from its checkpoint (as a distillation teacher's is).
 
@@ -119,12 +132,10 @@ def finished_run_model(config, workdir: str):
     (jitted, ``train=False``) and the restored ``{'params', 'batch_stats', 'task_state'}``.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from bagtricks import data, distill  # pylint: disable=g-import-not-at-top
+  from bagtricks import data  # pylint: disable=g-import-not-at-top
   from bagtricks.steps import model_variables  # pylint: disable=g-import-not-at-top
   source = data.get_source(config)
-  restored = distill.load_teacher(ml_collections.ConfigDict(
-      {"teacher_workdir": workdir, "teacher_config": ""}), source.info())
+  restored = restored_run(workdir, source.info())
   apply = jax.jit(lambda v, x: restored.model.apply(
       model_variables(v["params"], v["batch_stats"]), x, train=False))
   return source, apply, restored.variables()

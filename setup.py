@@ -56,8 +56,10 @@ setuptools.setup(
         # compiler; Linux x86-64).
         "onednn": ONEDNN,
         # The tests cover the oneDNN convolutions, the translation pieces, MNIST, graphs and
-        # the face landmarks too; detection mAP is checked against pycocotools.
+        # the face landmarks too; detection mAP is checked against pycocotools. filelock lets
+        # the test processes share one compilation cache (JAX locks it with filelock).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "matplotlib>=3.8", "pycocotools>=2.0.7",
+                 "filelock>=3.12",
                  *TEXT, *ONEDNN, *MNIST, *GRAPHS, *OPENCV],
         # The 5,000 MNIST digits (`--config.dataset.name=mnist_5k`), read offline.
         "mnist": MNIST,

@@ -3,7 +3,7 @@
 ``web_digits``: 300 scenes per web label, 48×48, the 5,000 MNIST digits scaled to 14–20 px
 among fainter clutter, 40 % label noise (half another digit, half none); each scene's regions
 are a 3×3 grid of 24×24 crops and the whole image, resized to 16×16. Batches of 16 bags × 4
-scenes × 10 regions, 20 epochs (920 steps). A ResNet-18-D (width 1/16, small stem) with a
+scenes × 10 regions, 60 epochs (2,760 steps). A ResNet-18-D (width 1/16, small stem) with a
 64-wide feature layer embeds every region (``region_encoder``); the ``web_bags`` task weighs
 them by an 8×8 memory after 5 epochs of uniform weights, and learns from the bags.
 ``--config.web_bags.pooling`` = ``mean`` or ``max`` are the memory-less multi-instance
@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 5e-4
   config.schedule.warmup_epochs = 1.0
   with config.ignore_type():
-    config.num_epochs = 20.0
+    config.num_epochs = 60.0
   config.eval_batch_size = 256
   config.log_every_steps = 20
   config.eval_every_epochs = 0.0

@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices, quiet TensorFlow, and shared small fixtures."""
+"""Test setup: 8 fake CPU devices, quiet TensorFlow, one compilation cache for the session,
+and shared small fixtures."""
 
 import os
 
@@ -6,6 +7,32 @@ import os
 # with 1 on the same machine.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _share_compilation_cache() -> None:
+  """One persistent compilation cache for the whole session: the controller makes it before
+  the xdist workers start, and they and the commands the tests start inherit it through the
+  environment. The tests compile the same small programs many times over (every tiny CLI run
+  compiles one train step), so most compiles after the first are loads. A size limit turns on
+  JAX's file lock, so that two processes never read an entry while it is written. Only
+  compiles of a second or more are kept (JAX's default): keeping every eager op's made the
+  op-by-op tests many times slower (each write scans the cache under the lock)."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  try:
+    import filelock  # noqa: F401  pylint: disable=unused-import
+  except ImportError:  # No lock, no sharing: each compile is compiled.
+    return
+  import atexit
+  import shutil
+  import tempfile
+  path = tempfile.mkdtemp(prefix="bagtricks-tests-jax-cache-")
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
+
+
+_share_compilation_cache()
 
 import pytest  # noqa: E402
 

@@ -53,9 +53,7 @@ def test_ablation_cli_on_digits(digits_data_dir, tmp_path):
          f"--config.dataset.data_dir={digits_data_dir}", "--config.model.width_multiplier=0.125",
          "--config.batch_size=64", "--config.num_epochs=1",
          "--config.schedule.warmup_epochs=0.2", "--config.log_every_steps=5"]
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = (workdir / "ablation.md").read_text()
   assert table in proc.stdout
@@ -80,7 +78,7 @@ def test_ablation_cli_on_digits(digits_data_dir, tmp_path):
 
   # Run again: every finished run is reused, nothing is trained, the table is the same.
   mtime = os.path.getmtime(workdir / "01_distill" / "metrics.jsonl")
-  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "has finished; its records are left as they are" in again.stderr
   assert os.path.getmtime(workdir / "01_distill" / "metrics.jsonl") == mtime

@@ -174,19 +174,25 @@ def test_study_compares_selections_method_against_method_and_seed_against_seed()
 def test_study_prunes_fine_tunes_and_reports(tmp_path):
   from bagtricks.studies import pruning_study
   config = _tiny_pruning_config()
+  # DCP runs the same greedy selection as LCP with another auxiliary loss (tested above), and
+  # two blocks of different stages exercise what every block does: each is compiled anew.
+  config.pruning.methods = ("l1", "lcp")
+  config.pruning.layers = ("stage1_block2", "stage3_block1")
   results = pruning_study.run_study(config, str(tmp_path))
   rows = {r["run"]: r for r in results["rows"]}
-  assert list(rows) == ["unpruned", "l1_50_s0", "dcp_50_s0", "lcp_50_s0"]
+  assert list(rows) == ["unpruned", "l1_50_s0", "lcp_50_s0"]
   full = rows["unpruned"]
-  for name in ("l1_50_s0", "dcp_50_s0", "lcp_50_s0"):
+  blocks = pruning.blocks_of(config.model.stage_sizes)
+  for name in ("l1_50_s0", "lcp_50_s0"):
     row = rows[name]
-    # Every block keeps half its inner channels: a smaller network, not a masked one.
-    assert row["widths"] == [max(1, round(w / 2)) for w in full_widths(config)]
+    # The named blocks keep half their inner channels: a smaller network, not a masked one.
+    assert row["widths"] == [max(1, round(w / 2)) if block in config.pruning.layers else w
+                             for block, w in zip(blocks, full_widths(config))]
     assert row["parameters"] < full["parameters"] and row["flops"] < full["flops"]
     assert 0.0 <= row["mAP50"] <= 1.0 and row["images_per_second"] > 0
     assert (tmp_path / name / "finetuned" / "summary.json").exists()
   table = pruning_study.markdown_table(results["rows"])
-  assert table.count("\n") == 2 + 4 and "| lcp | 50 % | 1 |" in table
+  assert table.count("\n") == 2 + 3 and "| lcp | 50 % | 1 |" in table
   pruning_study.plot(results, str(tmp_path / "pruning.png"))
   assert (tmp_path / "pruning.png").stat().st_size > 0
   # A second run reuses every selection and run.

@@ -12,10 +12,8 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
-import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 

@@ -31,9 +31,10 @@ def _cli(workdir, data_dir, cache_dir, *extra, bucket_root=None, launcher=(), **
   ``cache_dir`` None: no compilation cache. ``launcher``: Python arguments before the
   command (e.g. ``-c`` code that sets limits, then runs ``sys.argv[1:]``)."""
   env = dict(os.environ)
-  if cache_dir is not None:
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  if cache_dir is None:
+    env = {k: v for k, v in env.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  else:
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
   command = [os.path.join(REPO, "train.py")]
   if bucket_root is not None:
     command = [os.path.join(REPO, "tests", "fake_gcs.py"), str(bucket_root)]
@@ -76,7 +77,7 @@ def _assert_bitwise_equal(a, b):
 def reference_run(digits_data_dir, tmp_path_factory):
   """An uninterrupted CLI run of the tiny config; its summary and final checkpoint."""
   root = tmp_path_factory.mktemp("runs")
-  cache = root / "jax_cache"
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")  # The session's (conftest), if any.
   workdir = root / "reference"
   code, out, err = _finish(_cli(workdir, digits_data_dir, cache))
   assert code == 0, err[-3000:]

@@ -1,7 +1,7 @@
 r"""Learning from web data with a self-organizing memory against its baselines, on web digits.
 
   python -m bagtricks.studies.web_study [--config=configs/web_memory.py] [--seeds=0,1,2] \
-      [--workdir=runs/web]
+      [--methods=whole_image,mean,max,memory,memory_d,memory_r] [--workdir=runs/web]
 
 On the config's web digits (``data.web_digits``: label noise and background noise), every run
 through ``train.train_and_evaluate`` with the same data, model and budget (a finished run in
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +43,7 @@ METHODS = (
     ("memory: d-score only", "memory_d", {"pooling": "memory", "scores": "discriminative"}),
     ("memory: r-score only", "memory_r", {"pooling": "memory", "scores": "representative"}),
 )
+METHOD_NAMES = tuple(name for _, name, _ in METHODS)
 
 
 def run_config(config, seed: int, overrides: Dict):
@@ -84,11 +85,15 @@ def example_bags(count: int) -> np.ndarray:
   return np.arange(count)[:: max(1, count // EXAMPLE_BAGS)][:EXAMPLE_BAGS]
 
 
-def seed_rows(config, workdir: str, seed: int, keep_examples: bool = False) -> List[Dict]:
-  """Every method's row for ``seed``; with ``keep_examples``, the memory run's row also holds
-  the weights of the pictured bags (``examples``)."""
+def seed_rows(config, workdir: str, seed: int, keep_examples: bool = False,
+              methods: Sequence[str] = METHOD_NAMES) -> List[Dict]:
+  """The row for ``seed`` of every method named in ``methods`` (run names); with
+  ``keep_examples``, the memory run's row also holds the weights of the pictured bags
+  (``examples``)."""
   rows = []
   for label, name, overrides in METHODS:
+    if name not in methods:
+      continue
     run = run_config(config, seed, overrides)
     run_dir = paths.join(workdir, f"{name}_s{seed}")
     summary = train.train_and_evaluate(run, run_dir)
@@ -113,6 +118,8 @@ def markdown_table(rows: List[Dict], seeds) -> str:
            "AUC, clean vs noisy images |", "|---|---|---|---|"]
   for label, _, _ in METHODS:
     mine = [r for r in rows if r["method"] == label]
+    if not mine:
+      continue
     lines.append(f"| {label} | {runner.mean_std([r['test_accuracy'] for r in mine], 100)} | "
                  f"{runner.mean_std([r['weight_on_digit'] for r in mine], 100)} | "
                  f"{runner.mean_std([r['noisy_auc'] for r in mine])} |")
@@ -156,9 +163,14 @@ def main() -> None:
   from bagtricks.data import web_digits  # pylint: disable=g-import-not-at-top
   config = validate.complete_config(args.config)
   seeds = runner.numbers("seeds")
+  methods = args.methods
+  unknown = sorted(set(methods) - set(METHOD_NAMES))
+  if unknown or not methods:
+    runner.usage_error(f"--methods={','.join(methods)} must name some of {list(METHOD_NAMES)}.")
   start = time.time()
   rows = [row for seed in seeds
-          for row in seed_rows(config, args.workdir, seed, keep_examples=seed == seeds[0])]
+          for row in seed_rows(config, args.workdir, seed, keep_examples=seed == seeds[0],
+                               methods=methods)]
   results = {"rows": [{k: v for k, v in r.items() if k != "examples"}
                       for r in rows], "seeds": seeds}
   example_row = next((r for r in rows if "examples" in r), None)
@@ -180,6 +192,8 @@ def define_flags() -> None:
   runner.define_config_flag("web_memory", "The memory method's config (the baselines' too).")
   flags.DEFINE_string("workdir", os.path.join("runs", "web"), "Output directory.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+  flags.DEFINE_list("methods", list(METHOD_NAMES),
+                    "The runs to make and tabulate (a finished run is reused).")
 
 
 if __name__ == "__main__":

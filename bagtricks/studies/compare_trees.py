@@ -186,10 +186,7 @@ def main() -> None:
   seeds = runner.numbers("seeds")
   image_seeds = runner.numbers("image_seeds")
   digits = flags.FLAGS.digits
-  tables = flags.FLAGS.tables
-  unknown = sorted(set(tables) - set(TABLES))
-  if unknown or not tables:
-    runner.usage_error(f"--tables={','.join(tables)} must name some of {list(TABLES)}.")
+  tables = runner.names("tables", TABLES)
   start = time.time()
   dndt = cli.run_reporting_errors(dndt_rows, workdir, seeds) if "dndt" in tables else []
   sdt = cli.run_reporting_errors(sdt_rows, workdir, seeds, digits) if "sdt" in tables else []

@@ -69,6 +69,15 @@ def numbers(flag: str, kind: Callable[[str], Any] = int) -> List[Any]:
     usage_error(f"--{flag} must be a list of {kind.__name__} values ({e}).")
 
 
+def names(flag: str, known: Sequence[str]) -> List[str]:
+  """The values of the list flag ``--<flag>``, each one of ``known``; exit status 2 naming
+  the flag if one is not or the list is empty."""
+  chosen = list(flags.FLAGS[flag].value)
+  if not chosen or set(chosen) - set(known):
+    usage_error(f"--{flag}={','.join(chosen)} must name some of {list(known)}.")
+  return chosen
+
+
 def usage_error(message: str) -> None:
   """Ends the command with the one line ``error: <message>`` and exit status 2."""
   print(f"error: {message}", file=sys.stderr, flush=True)

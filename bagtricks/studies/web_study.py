@@ -163,10 +163,7 @@ def main() -> None:
   from bagtricks.data import web_digits  # pylint: disable=g-import-not-at-top
   config = validate.complete_config(args.config)
   seeds = runner.numbers("seeds")
-  methods = args.methods
-  unknown = sorted(set(methods) - set(METHOD_NAMES))
-  if unknown or not methods:
-    runner.usage_error(f"--methods={','.join(methods)} must name some of {list(METHOD_NAMES)}.")
+  methods = runner.names("methods", METHOD_NAMES)
   start = time.time()
   rows = [row for seed in seeds
           for row in seed_rows(config, args.workdir, seed, keep_examples=seed == seeds[0],

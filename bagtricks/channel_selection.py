@@ -46,7 +46,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bagtricks import boxes, losses, pruning
+from bagtricks import boxes, losses, pruning, state
 from models import ssd
 from models.resnet import BasicBlock
 
@@ -172,8 +172,8 @@ class Selector:
     self.aux = AuxiliaryNet(model.num_classes, context=self.localization,
                             bins=settings.roi_bins, hidden=settings.aux_hidden)
     rng = jax.random.PRNGKey(settings.seed)
-    self.batches = [dict(b, samples=sample_boxes(jax.random.fold_in(rng, i), anchors, b,
-                                                 settings))
+    sample = jax.jit(sample_boxes, static_argnums=3)
+    self.batches = [dict(b, samples=sample(jax.random.fold_in(rng, i), anchors, b, settings))
                     for i, b in enumerate(batches)]
     self.kernels = {n: jnp.asarray(self.params[n]["conv2"]["kernel"]) for n in self.names}
     self._forward = jax.jit(self.forward)
@@ -185,11 +185,11 @@ class Selector:
 
   def forward(self, kernels, images) -> Tuple[Tuple, Dict]:
     """The trunk with these conv2 kernels → (stage maps, every block's output)."""
-    stages, state = self.trunk.apply(
+    stages, captured = self.trunk.apply(
         {"params": with_conv2_kernels(self.params, kernels), "batch_stats": self.batch_stats},
         images, train=False,
         capture_intermediates=lambda module, _: isinstance(module, BasicBlock))
-    found = state["intermediates"]
+    found = captured["intermediates"]
     return stages, {n: found[n]["__call__"][0] for n in self.names}
 
   def aux_losses(self, aux_params, stages, samples) -> jnp.ndarray:
@@ -214,9 +214,11 @@ class Selector:
     """
     first, features = self.batches[0], self.stage_maps
     rng = jax.random.PRNGKey(self.settings.seed + 1)
-    aux_params = {f"stage{s}": self.aux.init(jax.random.fold_in(rng, s), features[0][s - 1],
-                                             first["samples"]["default"],
-                                             first["samples"]["context"]) for s in self.stages}
+    aux_params = {f"stage{s}": state.init_variables(self.aux, jax.random.fold_in(rng, s),
+                                                    features[0][s - 1],
+                                                    first["samples"]["default"],
+                                                    first["samples"]["context"])
+                  for s in self.stages}
     optimizer = optax.adam(self.settings.aux_lr)
     opt_state = optimizer.init(aux_params)
 

@@ -119,8 +119,22 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, task,
   Returns:
     A ``TrainState`` of host arrays.
   """
-  init = jax.jit(functools.partial(create_train_state, model, tx, task,
-                                   example_batch=example_batch, ema=ema))
-  key = jax.random.PRNGKey(seed)
-  compiled = init.lower(key).compile(compiler_options={"xla_backend_optimization_level": 0})
-  return jax.device_get(compiled(key))
+  init = functools.partial(create_train_state, model, tx, task, example_batch=example_batch,
+                           ema=ema)
+  return jax.device_get(run_once(init, jax.random.PRNGKey(seed)))
+
+
+def run_once(fn, *args):
+  """``fn(*args)`` compiled whole, without XLA's backend optimizations, for a program that
+  runs once (an initialization): it draws the same random bits as ``jax.jit(fn)`` and as
+  ``fn`` op by op (floats made from them may differ in the last place), and on CPU compiles
+  several times faster than either (the partitionable threefry of every parameter shape is
+  slow to optimize; op by op, every op is a compile of its own)."""
+  lowered = jax.jit(fn).lower(*args)
+  return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})(*args)
+
+
+def init_variables(model: nn.Module, rng: jnp.ndarray, *args, **kwargs) -> Dict[str, Any]:
+  """``model.init(rng, *args, **kwargs)``, compiled whole once (``run_once``); keyword
+  arguments are static (``train=False``)."""
+  return run_once(lambda key, *inputs: model.init(key, *inputs, **kwargs), rng, *args)

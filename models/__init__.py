@@ -7,7 +7,7 @@ adds one. ``create_model(name, **kwargs)`` builds a module by name from plain ar
 """
 
 import dataclasses
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Optional
 
 import jax.numpy as jnp
 import optax

@@ -34,7 +34,14 @@ def _share_compilation_cache() -> None:
 
 _share_compilation_cache()
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# In this process only (the commands the tests start keep JAX's default): the partitionable
+# threefry, JAX's default, compiles each parameter shape's random init several times slower
+# on CPU (README, the test section), and most tests init models. Their random bits differ,
+# not their distribution, and no test compares one process's init with another's.
+jax.config.update("jax_threefry_partitionable", False)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

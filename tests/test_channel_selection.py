@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bagtricks import boxes, channel_selection, pruning
+from bagtricks import boxes, channel_selection, pruning, state
 from models.ssd import SSD
 
 
@@ -78,7 +78,8 @@ def _detector_with_dead_channels(dead):
   its residual branches switched on (norm2 scale 1 instead of the zero init)."""
   model = SSD(num_classes=3, width_multiplier=0.125, source_stages=(1, 2), extra_layers=0)
   images = jax.random.uniform(jax.random.PRNGKey(1), (8, 32, 32, 1))
-  variables = jax.tree_util.tree_map(np.array, model.init(jax.random.PRNGKey(0), images))
+  variables = jax.tree_util.tree_map(np.array, state.init_variables(
+      model, jax.random.PRNGKey(0), images))
   trunk = variables["params"]["trunk"]
   for block in pruning.block_names(trunk):
     trunk[block]["norm2"]["scale"][:] = 1.0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import models
+from bagtricks import state
 from models.layers import DropBlock, drop_block_gamma
 
 
@@ -83,7 +84,7 @@ def test_resnet_drop_block_in_stages_3_and_4_only():
   dropping = models.create_model("resnet18d", drop_block_rate=0.1, drop_block_size=3,
                                  **kwargs)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
-  variables = jax.jit(lambda k: plain.init(k, x, train=False))(jax.random.PRNGKey(1))
+  variables = state.init_variables(plain, jax.random.PRNGKey(1), x, train=False)
   # DropBlock has no parameters or statistics of its own.
   shapes = lambda model: jax.eval_shape(lambda: model.init(jax.random.PRNGKey(1), x,
                                                            train=False))

@@ -14,10 +14,11 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from bagtricks import divergence, train, workdir_lock
+from bagtricks import checkpoint, divergence, train, workdir_lock
 from conftest import tiny_config
 from test_cli_errors import _one_error_line, _tree_bytes
 from test_train import (TOTAL_STEPS, _assert_bitwise_equal, _cli, _final_state, _saved_steps,
@@ -94,6 +95,31 @@ def _overwrite_in_largest_data_file(workdir, step):
     f.write(b"\xff" * 4096)
 
 
+def test_arrays_that_differ_from_their_checksums_are_named_and_skipped_on_request(
+    tmp_path, monkeypatch):
+  # Checkpoint 2 is saved with every CRC-32 off by one: its arrays read back, but not as saved.
+  state = {"step": np.int32(1), "params": {"w": np.arange(6, dtype=np.float32),
+                                           "b": np.ones(2, np.float32)}}
+  writer = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=2)
+  writer.save(1, state, force=True)
+  writer.wait()
+  crc32 = checkpoint._crc32  # pylint: disable=protected-access
+  monkeypatch.setattr(checkpoint, "_crc32", lambda array: (crc32(array) + 1) % (1 << 32))
+  writer.save(2, {**state, "step": np.int32(2)}, force=True)
+  writer.wait()
+  writer.close()
+  monkeypatch.undo()
+  reader = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=2)
+  with pytest.raises(checkpoint.DamagedCheckpointError,
+                     match=r"checkpoints/2 is damaged: 3 of its arrays differ from the checksums "
+                           r"saved with them \(.*\)\..*resume from checkpoint 1, or rerun with "
+                           r"--skip_damaged_checkpoints"):
+    reader.restore(state)
+  assert int(reader.restore(state, fall_back=True)["step"]) == 1
+  assert os.path.isdir(tmp_path / "checkpoints_damaged" / "2")
+  reader.close()
+
+
 @pytest.mark.slow
 def test_overwritten_checkpoint_bytes_are_found_and_skipped_on_request(
     reference_run, digits_data_dir, tmp_path):
@@ -102,8 +128,11 @@ def test_overwritten_checkpoint_bytes_are_found_and_skipped_on_request(
   before = _tree_bytes(workdir)
   line = _one_error_line(_run(workdir, digits_data_dir, reference_run), 2)
   latest = workdir / "checkpoints" / str(TOTAL_STEPS)
-  assert f"Checkpoint {latest} is damaged: " in line
-  assert "differ from the checksums saved with them" in line
+  # The data files are compressed: overwritten bytes decode to other values, which the
+  # checksums find (the test above), or do not decode at all; where they land varies, since
+  # the arrays are written concurrently.
+  assert re.search(f"Checkpoint {re.escape(str(latest))} (is damaged: .* differ from the "
+                   f"checksums saved with them|could not be read)", line), line
   assert f"to resume from checkpoint {TOTAL_STEPS - 1}" in line
   assert "--skip_damaged_checkpoints" in line
   assert _tree_bytes(workdir) == before  # refused, and left as it was

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import models
-from bagtricks import data, optim, train, validate
+from bagtricks import data, optim, state, train, validate
 from bagtricks.data import babi, graphs
 from bagtricks.tasks import GraphTask
 from conftest import assert_trees_close, train_on_one_and_eight_devices
@@ -163,15 +163,19 @@ def test_models_are_permutation_equivariant_and_blind_to_padding(name, readout):
 def test_models_under_vmap_grad_and_jvp():
   nodes, adjacency, mask = _random_graphs(np.random.default_rng(6))
   model = models.create_model("gat", num_classes=2)
-  variables = model.init(jax.random.PRNGKey(0), nodes, adjacency, mask)
-  out = model.apply(variables, nodes, adjacency, mask)
-  one_by_one = jax.vmap(lambda x, a, m: model.apply(variables, x[None], a[None], m[None])[0])(
-      nodes, adjacency, mask)
+  # Each transformation jitted: op by op, every op of the network is a compile of its own.
+  variables = state.init_variables(model, jax.random.PRNGKey(0), nodes, adjacency, mask)
+  out = jax.jit(model.apply)(variables, nodes, adjacency, mask)
+  one_by_one = jax.jit(jax.vmap(
+      lambda x, a, m: model.apply(variables, x[None], a[None], m[None])[0]))(
+          nodes, adjacency, mask)
   np.testing.assert_allclose(one_by_one, out, rtol=1e-5, atol=1e-6)
-  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, nodes, adjacency, mask) ** 2))(
-      variables["params"])
+  grads = jax.jit(jax.grad(
+      lambda p: jnp.sum(model.apply({"params": p}, nodes, adjacency, mask) ** 2)))(
+          variables["params"])
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
-  _, tangent = jax.jvp(lambda x: model.apply(variables, x, adjacency, mask), (nodes,), (nodes,))
+  _, tangent = jax.jit(lambda d: jax.jvp(
+      lambda x: model.apply(variables, x, adjacency, mask), (nodes,), (d,)))(nodes)
   assert np.all(np.asarray(tangent)[mask == 0] == 0)
 
 

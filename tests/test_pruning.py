@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from bagtricks import pruning
+from bagtricks import pruning, state
 from models.ssd import SSD
 
 
@@ -16,7 +16,7 @@ def _tiny_ssd(**kwargs):
 def test_rebuilt_network_equals_the_masked_one():
   images = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 1))
   model = _tiny_ssd()
-  variables = model.init(jax.random.PRNGKey(0), images)
+  variables = state.init_variables(model, jax.random.PRNGKey(0), images)
   # Non-trivial statistics, so that a kept channel's normalization matters.
   stats = jax.tree_util.tree_map(lambda x: x + 0.3, variables["batch_stats"])
   params = variables["params"]
@@ -37,9 +37,10 @@ def test_rebuilt_network_equals_the_masked_one():
       masked["trunk"][block]["norm1"][k][dropped] = 0.0
   pruned = _tiny_ssd(inner_widths=tuple(widths))
   assert pruning.inner_widths(new_params) == tuple(widths)
-  got = pruned.apply({"params": {**params, "trunk": new_params},
-                      "batch_stats": {**stats, "trunk": new_stats}}, images)
-  expected = model.apply({"params": masked, "batch_stats": stats}, images)
+  # Jitted: op by op, every layer's ops are compiled one by one.
+  got = jax.jit(pruned.apply)({"params": {**params, "trunk": new_params},
+                               "batch_stats": {**stats, "trunk": new_stats}}, images)
+  expected = jax.jit(model.apply)({"params": masked, "batch_stats": stats}, images)
   for k in ("class_logits", "offsets"):
     np.testing.assert_allclose(got[k], expected[k], rtol=1e-4, atol=1e-5)
   count = lambda p: sum(x.size for x in jax.tree_util.tree_leaves(p))

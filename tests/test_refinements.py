@@ -13,7 +13,7 @@ import models
 from bagtricks import augment, checkpoint, hooks, optim, precision, steps, train
 from bagtricks.distill import TeacherHook
 from bagtricks.parallel import DataParallel
-from bagtricks.state import init_train_state
+from bagtricks.state import init_train_state, init_variables
 from bagtricks.tasks import ClassificationTask
 from conftest import tiny_config
 from configs import default
@@ -35,8 +35,8 @@ def tiny():
                                 small_stem=True)
   schedule = optim.warmup_cosine_schedule(0.1, 0, 10)
   tx = optim.build_optimizer(config, schedule)
-  teacher_variables = jax.jit(lambda k: teacher.init(k, jnp.zeros((1, 8, 8, 1)),
-                                                     train=False))(jax.random.PRNGKey(5))
+  teacher_variables = init_variables(teacher, jax.random.PRNGKey(5), jnp.zeros((1, 8, 8, 1)),
+                                     train=False)
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(BATCH, 8, 8, 1)).astype(np.float32),
            "label": rng.integers(0, 10, size=(BATCH,)).astype(np.int32)}

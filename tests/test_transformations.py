@@ -15,7 +15,9 @@ import models
 
 
 def _forward(model, x):
-  variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
+  # Jitted: an eager init or forward pass compiles every op on its own.
+  variables = jax.jit(lambda rng, images: model.init(rng, images, train=False))(
+      jax.random.PRNGKey(0), x[:1])
   return variables, lambda images: model.apply(variables, images, train=False)
 
 
@@ -36,7 +38,7 @@ def test_jvp_vmap_and_export_of_a_default_module(build, size, batch):
   assert model.conv_algorithm == "native"
   x = _images(batch, size)
   _, forward = _forward(model, x)
-  logits = forward(x)
+  logits = jax.jit(forward)(x)
   # jvp against reverse mode: <u, J d> from the tangent equals <Jᵀ u, d> from a VJP.
   direction = _images(batch, size, seed=1)
   primal, tangent = jax.jit(lambda x_, d: jax.jvp(forward, (x_,), (d,)))(x, direction)
@@ -49,7 +51,7 @@ def test_jvp_vmap_and_export_of_a_default_module(build, size, batch):
                                                                                  reverse_mode)
   # vmap over a leading axis of groups: each group as its own call.
   groups = x.reshape((2, batch // 2) + x.shape[1:])
-  np.testing.assert_allclose(jax.vmap(forward)(groups).reshape(logits.shape), logits,
+  np.testing.assert_allclose(jax.jit(jax.vmap(forward))(groups).reshape(logits.shape), logits,
                              rtol=1e-4, atol=1e-4)
   # export, serialize, deserialize and call.
   exported = jax.export.export(jax.jit(forward))(jax.ShapeDtypeStruct(x.shape, x.dtype))
@@ -63,7 +65,7 @@ def test_hessian_of_a_small_default_network():
   symmetric, and equal to the closed form of softmax cross-entropy, diag(p̄) − mean(p pᵀ)."""
   model = models.ResNet18D(num_classes=4, width_multiplier=0.125, small_stem=True)
   x = _images(3, 8, channels=1)
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  variables, forward = _forward(model, x)
   labels = jnp.array([0, 1, 3])
 
   def loss(bias):
@@ -73,7 +75,7 @@ def test_hessian_of_a_small_default_network():
 
   bias = variables["params"]["head"]["bias"]
   hessian = jax.jit(jax.hessian(loss))(bias)
-  logits = model.apply(variables, x, train=False)
+  logits = jax.jit(forward)(x)
   p = np.asarray(jax.nn.softmax(logits), np.float64)
   expected = np.diag(p.mean(0)) - np.einsum("bi,bj->ij", p, p) / len(p)
   np.testing.assert_allclose(hessian, expected, rtol=1e-4, atol=1e-6)
@@ -84,7 +86,7 @@ def test_hessian_of_a_small_default_network():
     logits_ = model.apply({**variables, "params": unravel(flat_params)}, x, train=False)
     return jnp.mean(logits_ ** 2)
 
-  hvp = jax.jvp(jax.grad(full_loss), (flat,), (jnp.ones_like(flat),))[1]
+  hvp = jax.jit(lambda v: jax.jvp(jax.grad(full_loss), (flat,), (v,))[1])(jnp.ones_like(flat))
   assert hvp.shape == flat.shape and bool(jnp.all(jnp.isfinite(hvp)))
 
 

@@ -72,7 +72,7 @@ def reversal_model():
   model = _tiny(d_model=32, num_heads=4, d_ff=64)
   rs = np.random.RandomState(0)
   inputs, targets = _reversal_batch(rs, 64)
-  params = model.init(jax.random.key(0), inputs=inputs, targets=targets)["params"]
+  params = _init(model, inputs=inputs, targets=targets)["params"]
   optimizer = optax.adam(3e-3)
 
   @jax.jit
@@ -493,7 +493,7 @@ def test_registry_names_and_checks():
 def test_decoding_refuses_an_empty_output_length(length):
   model = _tiny()
   inputs = jnp.asarray(_reversal_batch(np.random.RandomState(0), 2)[0])
-  variables = model.init(jax.random.PRNGKey(0), inputs, inputs)
+  variables = _init(model, inputs, inputs)
   with pytest.raises(ValueError, match=f"max_decode_len={length} must be an integer >= 1"):
     transformer.greedy_decode(model, variables, inputs, length)
   with pytest.raises(ValueError, match=f"max_decode_len={length} must be an integer >= 1"):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import models
+from bagtricks import state
 
 
 def _forward(model, x):
-  # Jitted: an eager init or forward pass compiles every op on its own.
-  variables = jax.jit(lambda rng, images: model.init(rng, images, train=False))(
-      jax.random.PRNGKey(0), x[:1])
+  # Compiled whole: op by op, every op of the network is a compile of its own.
+  variables = state.init_variables(model, jax.random.PRNGKey(0), x[:1], train=False)
   return variables, lambda images: model.apply(variables, images, train=False)
 
 

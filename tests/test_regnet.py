@@ -12,18 +12,8 @@ import numpy as np
 import pytest
 
 import models
+from bagtricks.state import run_once
 from models import regnet
-
-_FAST_COMPILE_OPTIONS = {
-    'xla_backend_optimization_level': 0,
-    'xla_llvm_disable_expensive_passes': True,
-}
-
-
-def _run(fn, *args):
-  compiled = jax.jit(fn).lower(*args).compile(compiler_options=_FAST_COMPILE_OPTIONS)
-  return compiled(*args)
-
 
 def _param_count(tree) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
@@ -138,8 +128,8 @@ def test_tiny_regnet_runs_and_trains_batch_stats():
   model = regnet.RegNet(depth=3, w0=8, wa=8.0, wm=2.0, group_width=4, num_classes=5,
                         se_ratio=0.25, small_stem=True, stem_width=8)
   x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
-  variables = _run(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  logits, state = _run(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']),
+  variables = run_once(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  logits, state = run_once(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']),
                        variables, x)
   assert logits.shape == (4, 5) and np.all(np.isfinite(logits))
   # Small stem: stage 1 keeps the resolution, and its width equals the stem's (8), so its

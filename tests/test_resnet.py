@@ -15,22 +15,9 @@ import numpy as np
 import pytest
 
 import models
+from bagtricks.state import run_once
 from models import convnet
 from models import resnet
-
-# Compiler options that make XLA:CPU compile quickly and run slowly.
-_FAST_COMPILE_OPTIONS = {
-    'xla_backend_optimization_level': 0,
-    'xla_llvm_disable_expensive_passes': True,
-}
-
-
-def _run(fn, *args):
-  """Compiles `fn` for `args` with fast-compile options and calls it."""
-  compiled = jax.jit(fn).lower(*args).compile(
-      compiler_options=_FAST_COMPILE_OPTIONS)
-  return compiled(*args)
-
 
 def _param_count(params) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
@@ -118,7 +105,7 @@ def _initialized_small_resnet(block='basic', variant='D', **kwargs):
                  variant=variant, small_stem=True, width_multiplier=1.0)
   options.update(kwargs)
   model = resnet.ResNet(**options)
-  variables = _run(
+  variables = run_once(
       lambda key: model.init(key, jnp.zeros((1, 8, 8, 3)), train=False),
       jax.random.key(0))
   return model, jax.tree.map(np.asarray, variables)
@@ -304,7 +291,7 @@ def _inference_intermediates(block, variant):
   variables['batch_stats']['stage2_block1']['shortcut']['norm'] = {
       'mean': rng.normal(size=features).astype(np.float32),
       'var': rng.uniform(0.5, 2.0, features).astype(np.float32)}
-  _, state = _run(
+  _, state = run_once(
       lambda v, x: model.apply(v, x, train=False, capture_intermediates=True,
                                mutable=['intermediates']),
       variables, _images((2, 7, 7, 3)))
@@ -412,7 +399,7 @@ def test_group_norm_variant():
   assert 'batch_stats' not in variables
   x = _images((2, 8, 8, 3))
   # Train mode needs no mutable collection: nothing to update.
-  logits, state = _run(
+  logits, state = run_once(
       lambda v, x: model.apply(v, x, train=True, capture_intermediates=True,
                                mutable=['intermediates']), variables, x)
   assert logits.shape == (2, 10)
@@ -448,8 +435,8 @@ def test_axis_name_averages_batch_statistics_across_devices():
                                    mutable=['batch_stats'])
     return jax.vmap(per_device, in_axes=(None, 0), axis_name='devices')(v, x)
 
-  logits, state = _run(full_batch, variables, x)
-  sharded_logits, sharded_state = _run(sharded, variables,
+  logits, state = run_once(full_batch, variables, x)
+  sharded_logits, sharded_state = run_once(sharded, variables,
                                        x.reshape(2, 2, 8, 8, 3))
   # Batch statistics over 2 devices x 2 images equal those over 4 images.
   np.testing.assert_allclose(sharded_logits.reshape(logits.shape), logits,

@@ -18,15 +18,10 @@ import pytest
 from jax import lax
 
 import models
+from bagtricks.state import run_once
 from models import transformer
 from models.transformer import BOS_ID, EOS_ID, PAD_ID
 
-# Compiler options that make XLA:CPU compile quickly and run slowly: compiling dominates for
-# graphs this small.
-_FAST_COMPILE_OPTIONS = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-}
 _VOCAB = 11  # PAD, BOS, EOS and 8 symbols.
 _MAX_SYMBOLS = 6
 _SEQ_LEN = _MAX_SYMBOLS + 1  # Up to 6 symbols and EOS, then PAD.
@@ -46,13 +41,8 @@ def _float32_matmuls():
     yield
 
 
-def _run(fn, *args):
-  """Compiles ``fn`` for ``args`` with the fast-compile options and calls it."""
-  return jax.jit(fn).lower(*args).compile(compiler_options=_FAST_COMPILE_OPTIONS)(*args)
-
-
 def _init(model, *args, seed=0, **kwargs):
-  return _run(lambda key: model.init(key, *args, **kwargs), jax.random.key(seed))
+  return run_once(lambda key: model.init(key, *args, **kwargs), jax.random.key(seed))
 
 
 def _reversal_batch(rs: np.random.RandomState, size: int):
@@ -182,7 +172,7 @@ def test_decoder_logits_do_not_see_future_targets():
   inputs = jnp.array([[5, 6, 7, 2, 0, 0], [8, 2, 0, 0, 0, 0]], jnp.int32)
   targets = jnp.array([[7, 6, 5, 2, 0], [8, 2, 0, 0, 0]], jnp.int32)
   variables = _init(model, inputs=inputs, targets=targets)
-  logits, changed = _run(
+  logits, changed = run_once(
       lambda variables, *all_targets: [model.apply(variables, inputs=inputs, targets=t)
                                        for t in all_targets],
       variables, targets, targets.at[:, 2:].set(9))
@@ -196,7 +186,7 @@ def test_language_model_logits_do_not_see_future_tokens():
       vocab_size=_VOCAB, d_model=16, num_heads=2, d_ff=32, num_layers=2, dropout_rate=0.0)
   tokens = jnp.array([[5, 6, 7, 8, 9, 2], [4, 4, 2, 0, 0, 0]], jnp.int32)
   variables = _init(model, tokens)
-  logits, changed = _run(
+  logits, changed = run_once(
       lambda variables, *all_tokens: [model.apply(variables, t) for t in all_tokens],
       variables, tokens, tokens.at[:, 3:].set(10))
   assert logits.shape == (2, 6, _VOCAB) and logits.dtype == jnp.float32
@@ -214,7 +204,7 @@ def test_padding_content_and_extra_padding_do_not_change_logits():
   garbage = inputs.at[0, 5:].set(9).at[1, 3:].set(4)
   # Less source padding, more target padding.
   shorter_inputs, longer_targets = inputs[:, :5], jnp.pad(targets, ((0, 0), (0, 3)))
-  logits, with_garbage, longer = _run(
+  logits, with_garbage, longer = run_once(
       lambda variables, *pairs: [model.apply(variables, inputs=i, targets=t)
                                  for i, t in zip(pairs[::2], pairs[1::2])],
       variables, inputs, targets, garbage, targets, shorter_inputs, longer_targets)
@@ -260,7 +250,7 @@ def test_cached_decoding_equals_full_sequence(pre_layer_norm, position_encoding)
   inputs = jnp.asarray(_reversal_batch(rs, 3)[0])
   decoder_inputs = jnp.asarray(rs.randint(0, _VOCAB, (3, 8)), jnp.int32).at[:, 0].set(BOS_ID)
   variables = _init(model, inputs=inputs, targets=decoder_inputs, seed=2)
-  cached, full, greedy, full_greedy = _run(functools.partial(_cached_and_full, model),
+  cached, full, greedy, full_greedy = run_once(functools.partial(_cached_and_full, model),
                                            variables, inputs, decoder_inputs)
   np.testing.assert_allclose(cached, full, atol=1e-5)
   np.testing.assert_array_equal(greedy, full_greedy)
@@ -286,14 +276,14 @@ def test_language_model_cached_decoding_equals_full_sequence():
     _, cached = lax.scan(step, created["cache"], decoder_inputs.T)
     return cached.transpose(1, 0, 2), model.apply(variables, tokens)
 
-  cached, full = _run(cached_and_full, variables, tokens)
+  cached, full = run_once(cached_and_full, variables, tokens)
   np.testing.assert_allclose(cached, full, atol=1e-5)
 
 
 @pytest.mark.slow
 def test_trained_model_greedy_decoding(reversal_model):
   model, variables, inputs, targets = reversal_model
-  greedy, full = _run(
+  greedy, full = run_once(
       lambda variables, inputs: (
           transformer.greedy_decode(model, variables, inputs, _SEQ_LEN),
           transformer.full_sequence_greedy_decode(model, variables, inputs, _SEQ_LEN)),
@@ -325,7 +315,7 @@ def _sequence_scores(model, variables, inputs, tokens, alpha):
 @pytest.mark.slow
 def test_beam_search_scores_match_full_sequence_rescoring(reversal_model):
   model, variables, inputs, _ = reversal_model
-  tokens, scores = _run(
+  tokens, scores = run_once(
       lambda variables, inputs: transformer.beam_search(model, variables, inputs, 3, _SEQ_LEN),
       variables, inputs)
   assert tokens.shape == (12, 3, _SEQ_LEN) and tokens.dtype == jnp.int32
@@ -340,7 +330,7 @@ def test_beam_search_scores_match_full_sequence_rescoring(reversal_model):
 
 def test_beam_size_one_equals_greedy(reversal_model):
   model, variables, inputs, _ = reversal_model
-  (tokens, scores), greedy = _run(
+  (tokens, scores), greedy = run_once(
       lambda variables, inputs: (
           transformer.beam_search(model, variables, inputs, 1, _SEQ_LEN),
           transformer.greedy_decode(model, variables, inputs, _SEQ_LEN)),
@@ -435,7 +425,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   for model, args, shape in cases:
     variables = _init(model, **args)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables)), model
-    logits = _run(lambda variables, args, model=model: model.apply(
+    logits = run_once(lambda variables, args, model=model: model.apply(
         variables, **args, train=True, rngs={"dropout": jax.random.key(1)}), variables, args)
     assert logits.shape == shape and logits.dtype == jnp.float32, model
     assert np.all(np.isfinite(logits))

@@ -129,8 +129,8 @@ def test_tiny_regnet_runs_and_trains_batch_stats():
                         se_ratio=0.25, small_stem=True, stem_width=8)
   x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
   variables = run_once(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  logits, state = run_once(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']),
-                       variables, x)
+  logits, state = run_once(
+      lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), variables, x)
   assert logits.shape == (4, 5) and np.all(np.isfinite(logits))
   # Small stem: stage 1 keeps the resolution, and its width equals the stem's (8), so its
   # first block needs no projection; stage 2 downsamples and widens.

@@ -437,7 +437,7 @@ def test_axis_name_averages_batch_statistics_across_devices():
 
   logits, state = run_once(full_batch, variables, x)
   sharded_logits, sharded_state = run_once(sharded, variables,
-                                       x.reshape(2, 2, 8, 8, 3))
+                                            x.reshape(2, 2, 8, 8, 3))
   # Batch statistics over 2 devices x 2 images equal those over 4 images.
   np.testing.assert_allclose(sharded_logits.reshape(logits.shape), logits,
                              rtol=1e-4, atol=1e-5)

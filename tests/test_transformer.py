@@ -251,7 +251,7 @@ def test_cached_decoding_equals_full_sequence(pre_layer_norm, position_encoding)
   decoder_inputs = jnp.asarray(rs.randint(0, _VOCAB, (3, 8)), jnp.int32).at[:, 0].set(BOS_ID)
   variables = _init(model, inputs=inputs, targets=decoder_inputs, seed=2)
   cached, full, greedy, full_greedy = run_once(functools.partial(_cached_and_full, model),
-                                           variables, inputs, decoder_inputs)
+                                                variables, inputs, decoder_inputs)
   np.testing.assert_allclose(cached, full, atol=1e-5)
   np.testing.assert_array_equal(greedy, full_greedy)
 

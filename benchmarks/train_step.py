@@ -3,17 +3,20 @@ r"""Train-step throughput, compile time and peak memory of the real train step.
   python benchmarks/train_step.py                 # ResNet-18-D 32px b128 and ResNet-50-D 224px b8
   python benchmarks/train_step.py --cases=resnet18d:32:128 --precisions=fp32,bf16 --steps=20
   python benchmarks/train_step.py --cases=resnet50d:224:128 --max_seconds=30   # on a GPU
+  python benchmarks/train_step.py --cases=resnet18d:8:128 --precisions=fp32 \
+      --conv_algorithm=native,auto                # XLA's convolutions against the CPU ones
 
 Each (model, precision) case runs in its own subprocess (so peak memory is its own) through the
 same ``steps.make_train_step`` and ``DataParallel`` the trainer uses, on synthetic data with
 the default SGD/cosine optimizer. Throughput excludes compilation. Every case is also reported
-as a ratio to the fp32 run of the same model measured in this same invocation (the baseline).
+as a ratio to the fp32 run of the same model with the first convolution algorithm, measured in
+this same invocation (the baseline).
 Peak memory is the accelerator's ``peak_bytes_in_use`` when there is one, else the process's
 peak resident set size. ``--host_memory=retain`` runs each case with
 ``models.xla_cpu.host_memory.retain_freed_memory()`` (the trainer's
 ``config.host_memory='retain'``). Convolutions are computed as the trainer's default config
 computes them (``--conv_algorithm=auto``: XLA:CPU's fast algorithms on a CPU, XLA's own on a
-GPU or TPU).
+GPU or TPU); several algorithms, comma-separated, run every case with each in turn.
 """
 
 import argparse
@@ -113,8 +116,8 @@ def main():
   parser.add_argument("--host_memory", default="system", choices=("system", "retain"),
                       help="'retain': host_memory.retain_freed_memory() in each case")
   parser.add_argument("--conv_algorithm", default="auto",
-                      choices=("native", "auto", "blocked", "onednn"),
-                      help="how convolutions are computed (models/xla_cpu/conv.py)")
+                      help="how convolutions are computed (models/xla_cpu/conv.py): native, "
+                      "auto, blocked or onednn, or several of them comma-separated")
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
   args = parser.parse_args()
 
@@ -124,30 +127,40 @@ def main():
                               args.max_seconds, args.host_memory, args.conv_algorithm)))
     return
 
+  sys.path.insert(0, REPO)
+  from models.xla_cpu.conv import check_algorithm  # pylint: disable=g-import-not-at-top
+  algorithms = args.conv_algorithm.split(",")
+  for algorithm in algorithms:  # Before any case runs.
+    try:
+      check_algorithm(algorithm)
+    except ValueError as e:
+      parser.error(f"--conv_algorithm: {e}")
   rows = []
   for case in args.cases.split(","):
     model, size, batch = case.split(":")
     for prec in args.precisions.split(","):
-      out = subprocess.run(
-          [sys.executable, __file__, f"--case={model}:{size}:{batch}:{prec}",
-           f"--steps={args.steps}", f"--max_seconds={args.max_seconds}",
-           f"--host_memory={args.host_memory}", f"--conv_algorithm={args.conv_algorithm}"],
-          capture_output=True, text=True, check=False)
-      if out.returncode:
-        sys.exit(f"{case} {prec} failed:\n{out.stderr[-3000:]}")
-      rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-      print(json.dumps(rows[-1]), flush=True)
+      for algorithm in algorithms:
+        out = subprocess.run(
+            [sys.executable, __file__, f"--case={model}:{size}:{batch}:{prec}",
+             f"--steps={args.steps}", f"--max_seconds={args.max_seconds}",
+             f"--host_memory={args.host_memory}", f"--conv_algorithm={algorithm}"],
+            capture_output=True, text=True, check=False)
+        if out.returncode:
+          sys.exit(f"{case} {prec} {algorithm} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
 
   print()
-  print(f"{'model':10} {'px':>4} {'batch':>5} {'prec':5} {'img/s':>9} {'vs fp32':>8} "
-        f"{'step ms':>9} {'compile s':>9} {'peak MB':>9}  device")
+  print(f"{'model':10} {'px':>4} {'batch':>5} {'prec':5} {'conv':7} {'img/s':>9} "
+        f"{'vs base':>8} {'step ms':>9} {'compile s':>9} {'peak MB':>9}  device")
   for row in rows:
     base = next((r for r in rows if r["model"] == row["model"] and r["image_size"] ==
                  row["image_size"] and r["batch_size"] == row["batch_size"] and
-                 r["precision"] == "fp32"), None)
+                 r["precision"] == "fp32" and r["conv_algorithm"] == algorithms[0]), None)
     ratio = f"{row['images_per_second'] / base['images_per_second']:.2f}x" if base else "-"
     print(f"{row['model']:10} {row['image_size']:>4} {row['batch_size']:>5} "
-          f"{row['precision']:5} {row['images_per_second']:>9.1f} {ratio:>8} "
+          f"{row['precision']:5} {row['conv_algorithm']:7} {row['images_per_second']:>9.1f} "
+          f"{ratio:>8} "
           f"{row['step_ms']:>9.1f} {row['compile_seconds']:>9.1f} "
           f"{row['peak_memory_mb']:>9.0f}  {row['device']} ({row['peak_memory_kind']})")
 

@@ -68,6 +68,7 @@ def small_blocks(monkeypatch):
   monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)
   monkeypatch.setattr(conv, "_BLOCK_KERNEL_RATIO", 0)
   monkeypatch.setattr(conv, "_MIN_MATMUL_BYTES", 1)
+  monkeypatch.setattr(conv, "_SMALL_MAP", 0)  # Small maps blocked too, not patches.
   # Checks that the blocked path really runs in blocks.
   assert conv.weight_gradient_block(4, 100, 100) == 1
 
@@ -94,6 +95,52 @@ def test_blocked_equals_native_values_and_gradients(case, small_blocks):
                         ref(x, kernel, output_grad)):
     assert a.shape == b.shape, name
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+SMALL_MAPS = [
+    # Outputs of 1, 2 and 3 pixels a side: stride 1 with and without padding, stride 2, a 5×5
+    # kernel wider than its input, one image.
+    dict(batch=3, size=1, in_features=4, features=5, kernel_size=3, strides=1, pad=1, groups=1),
+    dict(batch=3, size=2, in_features=6, features=4, kernel_size=3, strides=1, pad=1, groups=1),
+    dict(batch=2, size=3, in_features=3, features=7, kernel_size=3, strides=1, pad=1, groups=1),
+    dict(batch=2, size=4, in_features=5, features=3, kernel_size=3, strides=1, pad=0, groups=1),
+    dict(batch=2, size=4, in_features=4, features=8, kernel_size=3, strides=2, pad=1, groups=1),
+    dict(batch=1, size=2, in_features=3, features=2, kernel_size=5, strides=2, pad=2, groups=1),
+]
+
+
+@pytest.mark.parametrize("case", SMALL_MAPS,
+                         ids=lambda c: "n{size}k{kernel_size}s{strides}p{pad}".format(**c))
+def test_small_maps_are_one_matrix_product_equal_to_native(case):
+  x, kernel = _arrays(case)
+  y_ref = _conv_fn(case, "reference")(x, kernel)
+  assert max(y_ref.shape[1:3]) <= 3
+  for algorithm in ("blocked", "auto"):
+    cpu = lowered_text(_conv_fn(case, algorithm), x, kernel, platform="cpu")
+    assert "convolution" not in cpu and "dot_general" in cpu, algorithm
+  for platform in ("cuda", "tpu"):  # 'auto' is XLA's convolution there.
+    other = lowered_text(_conv_fn(case, "auto"), x, kernel, platform=platform)
+    assert other.count("stablehlo.convolution") == 1 and "dot_general" not in other
+  output_grad = np.random.default_rng(1).normal(size=y_ref.shape).astype(np.float32)
+  ours = jax.jit(functools.partial(_value_and_grads, _conv_fn(case, "blocked")))
+  ref = functools.partial(_value_and_grads, _conv_fn(case, "reference"))
+  for name, a, b in zip(("output", "input grad", "kernel grad"), ours(x, kernel, output_grad),
+                        ref(x, kernel, output_grad)):
+    assert a.shape == b.shape, name
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4, err_msg=name)
+  # Plain XLA operations: forward mode works too.
+  tangents = (np.ones_like(x), np.full_like(kernel, 0.5))
+  _, ours_jvp = jax.jvp(_conv_fn(case, "auto"), (x, kernel), tangents)
+  _, ref_jvp = jax.jvp(_conv_fn(case, "reference"), (x, kernel), tangents)
+  np.testing.assert_allclose(np.asarray(ours_jvp), np.asarray(ref_jvp), rtol=1e-5, atol=1e-4)
+
+
+def test_larger_or_grouped_small_convolutions_keep_xla_convolution():
+  # A 4×4 output, and a grouped 2×2 one: XLA's convolution (their inputs are under 1 MiB).
+  for case in (dict(SMALL_MAPS[2], size=4), dict(SMALL_MAPS[1], in_features=6, features=4,
+                                                  groups=2)):
+    x, kernel = _arrays(case)
+    assert jaxpr_primitives(_conv_fn(case, "blocked"), x, kernel) == {"conv_general_dilated"}
 
 
 def test_weight_gradient_block_sizes():

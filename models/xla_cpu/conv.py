@@ -24,6 +24,14 @@ reformulations fix that without changing the result beyond float rounding:
   also run per block (10-30 % faster). (The blocks are unrolled: inside a loop XLA:CPU falls
   back to a slow convolution emitter.)
 
+A third reformulation is for small maps. XLA:CPU's k×k convolution is many times slower per
+FLOP on maps of a few pixels a side (a ResNet's last stage on small images, a detector's
+coarsest maps) than on larger ones, in all three passes, while the same sums as one matrix
+product run at its matrix-multiply speed. A k×k convolution whose output is at most
+`_SMALL_MAP` pixels a side is therefore computed from its patches
+(`_small_map_conv`), whatever its size: plain XLA operations, so every transformation
+differentiates it (forward mode included), and no custom VJP is needed.
+
 Faster still are oneDNN's convolution kernels, which `onednn.py` runs inside the
 jitted program as XLA FFI calls (all three passes of float32, ungrouped convolutions at
 430-620 GFLOP/s on a 2-core AVX-512 machine, against 200-400 for XLA's): with its extension
@@ -32,15 +40,15 @@ above where `onednn_conv.supports` the convolution, and the reformulations elsew
 
 `conv_general_dilated(..., algorithm='auto')` chooses these for computations that run on
 the CPU (`lax.platform_dependent`: decided when the computation is lowered for its platform,
-not by `jax.default_backend()`), for 1×1 convolutions with inputs of at least 256 KiB and k×k
-ones of at least 1 MiB (smaller ones keep XLA's program: the 8×8 digits job of
-configs/default.py ran no faster); lowered for a GPU or TPU, 'auto' is XLA's native
-convolution (cuDNN / the TPU's convolution units). `algorithm='native'`, the default, is
-`lax.conv_general_dilated` itself everywhere. `Conv` is `flax.linen.Conv` with this function,
+not by `jax.default_backend()`), for small maps whatever their size, and otherwise for 1×1
+convolutions with inputs of at least 256 KiB and k×k ones of at least 1 MiB (smaller ones keep
+XLA's program: blocking them made the 8×8 digits job of configs/default.py no faster);
+lowered for a GPU or TPU, 'auto' is XLA's native convolution (cuDNN / the TPU's convolution
+units). `algorithm='native'`, the default, is `lax.conv_general_dilated` itself everywhere. `Conv` is `flax.linen.Conv` with this function,
 so its parameters are the same (`kernel` [kh, kw, in_features / groups, features], optional
 `bias`).
 
-The fast algorithms define their gradients with `jax.custom_vjp`: they work under `jit`,
+The other fast algorithms define their gradients with `jax.custom_vjp`: they work under `jit`,
 `grad`, `vmap`, `shard_map`, `pmap` and `jax.export`, but not under forward-mode
 differentiation (`jax.jvp`, `jax.hessian`, `jax.jacfwd`), which is why the models default to
 'native' and the trainer's config (`config.model.conv_algorithm='auto'`) turns them on.
@@ -70,6 +78,9 @@ _BLOCK_BYTES = 1 << 20
 # digits job of configs/default.py, whose largest 1×1 input is 128 KiB), and results that
 # differ in float rounding change a short training run's trajectory for nothing.
 _MIN_MATMUL_BYTES = 1 << 18
+# k×k convolutions whose output is at most this many pixels a side are one matrix product of
+# their patches (`_small_map_conv`); from 4×4 up, XLA's convolution is as fast.
+_SMALL_MAP = 3
 # Blocks grow to up to this many times the kernel's bytes when that is more than
 # `_BLOCK_BYTES`: each block adds a kernel-sized gradient to the sum (`weight_gradient_block`).
 _BLOCK_KERNEL_RATIO = 1
@@ -281,13 +292,41 @@ def _pointwise_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Tuple[int, int
   return jnp.moveaxis(y, 0, 3).reshape(batch, height, width, features)
 
 
+def _small_map_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Tuple[int, int],
+                    padding: Tuple[Tuple[int, int], ...]) -> jnp.ndarray:
+  """A convolution as one matrix product of its input's patches (for small maps).
+
+  y[n, h, w, :] = concat_{i < kh, j < kw} x_pad[n, s_h·h + i, s_w·w + j, :] · K', with x_pad
+  the padded input and K' the kernel reshaped to [kh · kw · in_features, features]: the
+  concatenation's (i, j, c) order is the HWIO kernel's.
+
+  Args:
+    x: [batch, height, width, in_features].
+    kernel: [kh, kw, in_features, features] (no feature groups).
+    strides: (stride_h, stride_w).
+    padding: ((low_h, high_h), (low_w, high_w)), none negative.
+
+  Returns:
+    [batch, out_height, out_width, features], as `lax.conv_general_dilated` gives.
+  """
+  kh, kw, in_features, features = kernel.shape
+  x = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+  out_h = (x.shape[1] - kh) // strides[0] + 1
+  out_w = (x.shape[2] - kw) // strides[1] + 1
+  taps = [x[:, i:i + strides[0] * (out_h - 1) + 1:strides[0],
+            j:j + strides[1] * (out_w - 1) + 1:strides[1]]
+          for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(taps, axis=-1) @ kernel.reshape(kh * kw * in_features, features)
+
+
 def _fast_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                dimension_numbers, groups: int, batch_group_count: int, precision: Any,
                preferred_element_type: Any, algorithm: str) -> Optional[Callable[..., Any]]:
   """The 'blocked' or 'onednn' computation of these operands as a function of (lhs, rhs).
 
   None where XLA's own convolution is the answer: another layout, string padding, dilation,
-  batch groups, inputs too small to gain anything, one block of images.
+  batch groups, inputs too small to gain anything, one block of images. A k×k convolution
+  with an output of at most `_SMALL_MAP` pixels a side is `_small_map_conv`, whatever its size.
   """
   dimension_numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if (lhs.ndim != 4 or dimension_numbers != _NHWC or isinstance(padding, str)
@@ -298,6 +337,12 @@ def _fast_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   input_bytes = lhs.size * lhs.dtype.itemsize
   pointwise = rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0))
+  out_size = [(size + lo + hi - k) // stride + 1 for size, (lo, hi), k, stride
+              in zip(lhs.shape[1:3], padding, rhs.shape[:2], strides)]
+  if (rhs.shape[:2] != (1, 1) and max(out_size) <= _SMALL_MAP and groups == 1
+      and min(min(pads) for pads in padding) >= 0
+      and precision is None and preferred_element_type is None):
+    return lambda x, k: _small_map_conv(x, k, strides, padding)
   if input_bytes < (_MIN_MATMUL_BYTES if pointwise else _BLOCK_BYTES):
     # Too small to gain anything: keep XLA's program as it is (e.g. the 8×8 digits job).
     return None
@@ -309,8 +354,6 @@ def _fast_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         preferred_element_type)
   if precision is not None or preferred_element_type is not None:
     return None
-  out_size = [(size + lo + hi - k) // stride + 1 for size, (lo, hi), k, stride
-              in zip(lhs.shape[1:3], padding, rhs.shape[:2], strides)]
   block = _block_size(lhs, lhs.shape[0] * out_size[0] * out_size[1] * rhs.shape[3], rhs)
   if block == lhs.shape[0]:
     return None  # One block: XLA's own convolution, without a custom VJP around it.
@@ -334,7 +377,9 @@ def conv_general_dilated(lhs: jnp.ndarray,
 
   The 'blocked' algorithm applies to 2-D convolutions in flax's layout (images
   [batch, height, width, channels], kernels [kh, kw, in / groups, out]) with explicit
-  padding, no dilation and no batch groups: unpadded 1×1 convolutions whose input is at least
+  padding, no dilation and no batch groups: k×k ones without feature groups whose output is at
+  most `_SMALL_MAP` (3) pixels a side are one matrix product of their patches
+  (`_small_map_conv`), whatever their size; unpadded 1×1 convolutions whose input is at least
   `_MIN_MATMUL_BYTES` (256 KiB) are matrix products (`_pointwise_conv`); the rest, when their
   input is at least `_BLOCK_BYTES` (1 MiB), run XLA's convolution, its input gradient and its
   weight gradient per block of images (`weight_gradient_block`), or are XLA's convolution

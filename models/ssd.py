@@ -10,12 +10,14 @@ are flattened: map by map, cell by cell, box by box.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from models.resnet import ResNet
+from models.xla_cpu.conv import Conv
 
 
 GEOMETRY = ("source_stages", "extra_layers", "small_stem", "aspect_ratios")
@@ -53,7 +55,8 @@ class SSD(nn.Module):
     inner_widths: the trunk's channels inside each basic block (``ResNet.inner_widths``; ()
       unpruned): a channel-pruned detector is rebuilt with them.
     width_multiplier, small_stem, variant, conv_algorithm, axis_name, dtype: the trunk's
-      ResNet options (``axis_name``: BatchNorm's statistics over every device).
+      ResNet options (``axis_name``: BatchNorm's statistics over every device);
+      ``conv_algorithm`` and ``dtype`` apply to the extra layers and heads too.
   """
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -76,21 +79,21 @@ class SSD(nn.Module):
   def __call__(self, images: jnp.ndarray, train: bool = False):
     stages = trunk_of(self, name="trunk")(images, train=train)
     maps = [stages[s - 1] for s in self.source_stages]
+    # The extra layers and heads compute their convolutions as the trunk does.
+    conv = functools.partial(Conv, dtype=self.dtype, algorithm=self.conv_algorithm)
     x = maps[-1]
     for k in range(self.extra_layers):
-      x = nn.relu(nn.Conv(max(self.extra_width // 2, 1), (1, 1), dtype=self.dtype,
-                          name=f"extra{k + 1}_reduce")(x))
-      x = nn.relu(nn.Conv(self.extra_width, (3, 3), strides=2, padding=1, dtype=self.dtype,
-                          name=f"extra{k + 1}")(x))
+      x = nn.relu(conv(max(self.extra_width // 2, 1), (1, 1), name=f"extra{k + 1}_reduce")(x))
+      x = nn.relu(conv(self.extra_width, (3, 3), strides=2, padding=1,
+                       name=f"extra{k + 1}")(x))
       maps.append(x)
     per_cell = self.boxes_per_cell()
     logits, offsets = [], []
     for k, feature_map in enumerate(maps):
       batch = feature_map.shape[0]
-      c = nn.Conv(per_cell * (self.num_classes + 1), (3, 3), padding=1, dtype=self.dtype,
-                  name=f"class_head{k + 1}")(feature_map)
-      b = nn.Conv(per_cell * 4, (3, 3), padding=1, dtype=self.dtype,
-                  name=f"box_head{k + 1}")(feature_map)
+      c = conv(per_cell * (self.num_classes + 1), (3, 3), padding=1,
+               name=f"class_head{k + 1}")(feature_map)
+      b = conv(per_cell * 4, (3, 3), padding=1, name=f"box_head{k + 1}")(feature_map)
       logits.append(c.reshape(batch, -1, self.num_classes + 1))
       offsets.append(b.reshape(batch, -1, 4))
     return {"class_logits": jnp.concatenate(logits, 1).astype(jnp.float32),

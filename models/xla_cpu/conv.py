@@ -35,8 +35,9 @@ differentiates it (forward mode included), and no custom VJP is needed.
 Faster still are oneDNN's convolution kernels, which `onednn.py` runs inside the
 jitted program as XLA FFI calls (all three passes of float32, ungrouped convolutions at
 430-620 GFLOP/s on a 2-core AVX-512 machine, against 200-400 for XLA's): with its extension
-available (the `onednn` extra), `algorithm='onednn'` (and 'auto' on CPU) uses them in place of both reformulations
-above where `onednn_conv.supports` the convolution, and the reformulations elsewhere.
+available (the `onednn` extra), `algorithm='onednn'` (and 'auto' on CPU) uses them in place of
+the first two reformulations above where `onednn_conv.supports` the convolution, and the
+reformulations elsewhere; small maps stay matrix products.
 
 `conv_general_dilated(..., algorithm='auto')` chooses these for computations that run on
 the CPU (`lax.platform_dependent`: decided when the computation is lowered for its platform,
@@ -44,9 +45,9 @@ not by `jax.default_backend()`), for small maps whatever their size, and otherwi
 convolutions with inputs of at least 256 KiB and k×k ones of at least 1 MiB (smaller ones keep
 XLA's program: blocking them made the 8×8 digits job of configs/default.py no faster);
 lowered for a GPU or TPU, 'auto' is XLA's native convolution (cuDNN / the TPU's convolution
-units). `algorithm='native'`, the default, is `lax.conv_general_dilated` itself everywhere. `Conv` is `flax.linen.Conv` with this function,
-so its parameters are the same (`kernel` [kh, kw, in_features / groups, features], optional
-`bias`).
+units). `algorithm='native'`, the default, is `lax.conv_general_dilated` itself everywhere.
+`Conv` is `flax.linen.Conv` with this function, so its parameters are the same (`kernel`
+[kh, kw, in_features / groups, features], optional `bias`).
 
 The other fast algorithms define their gradients with `jax.custom_vjp`: they work under `jit`,
 `grad`, `vmap`, `shard_map`, `pmap` and `jax.export`, but not under forward-mode
